@@ -1,0 +1,48 @@
+"""The ``rescompile`` command line: the only place that prints or exits."""
+
+from __future__ import annotations
+
+import typer
+
+from rescompile import __version__
+
+app = typer.Typer(
+    name="rescompile",
+    help=(
+        "Take a ResNet from PyTorch to a fast INT8 inference engine and prove the speed-up.\n\n"
+        "Run [bold]rescompile build[/bold] with no arguments to train the embedded default "
+        "(ResNet-20 on the bundled digits images) and compile it."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rescompile {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does."),
+) -> None:
+    from rescompile.cli._common import setup_logging
+
+    setup_logging(verbose)
+
+
+def _register() -> None:
+    # Each command lives in its own module; importing them is cheap (no torch at import).
+    from rescompile.cli import train, export, build, compare, models  # noqa: F401, I001
+
+
+_register()
+
+
+def main() -> None:
+    app()

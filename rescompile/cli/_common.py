@@ -1,0 +1,129 @@
+"""Shared CLI pieces: consoles, logging, error handling, progress bars, option types."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rescompile.config import Optimizer, Schedule, TrainConfig
+from rescompile.errors import RescompileError
+
+out = Console()  # results
+err = Console(stderr=True)  # progress, logs, errors
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+
+
+def guarded(fn: F) -> F:
+    """Turn library errors into one line on stderr and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RescompileError as exc:
+            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: no partial artifacts were kept")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+class TrainProgress:
+    """A rich progress bar for the training loop (implements rescompile.train.TrainCallback)."""
+
+    def __init__(self, title: str = "train") -> None:
+        self.title = title
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  val {task.fields[val]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        self.task = None
+
+    def on_start(self, epochs: int, steps_per_epoch: int) -> None:
+        self.steps = steps_per_epoch
+        self.progress.start()
+        self.task = self.progress.add_task(self.title, total=epochs * steps_per_epoch, loss=0.0, acc=0.0, val="-")
+
+    def on_step(self, epoch: int, step: int, loss: float, acc: float) -> None:
+        self.progress.update(
+            self.task, completed=(epoch - 1) * self.steps + step, loss=loss, acc=acc, description=f"{self.title} {epoch}"
+        )
+
+    def on_epoch_end(self, stats, is_best: bool) -> None:
+        star = " *" if is_best else ""
+        self.progress.update(self.task, val=f"{stats.val_acc:.2%}{star}")
+        if stats.epoch * self.steps >= self.progress.tasks[0].total:
+            self.progress.stop()
+
+
+# -- option types shared by train and compare -------------------------------------------------
+Dataset = Annotated[
+    str, typer.Option("--dataset", "-d", help="digits | cifar10 | an image folder (one sub-folder per class) | a .npy/.npz file.")
+]
+DataDir = Annotated[Path | None, typer.Option(help="cifar10: folder holding cifar-10-batches-py (or -bin).")]
+Download = Annotated[bool, typer.Option(help="cifar10: download into --data-dir if missing (needs network).")]
+Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per training step.")]
+Opt = Annotated[Optimizer, typer.Option("--optimizer", case_sensitive=False, help="sgd (momentum) | adam | adamw.")]
+Lr = Annotated[float | None, typer.Option(help="Peak learning rate [default: 0.1 SGD, 1e-3 Adam/AdamW].")]
+Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
+Nesterov = Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")]
+WeightDecay = Annotated[float, typer.Option(help="L2 weight decay on conv/linear weights (not BN or biases).")]
+Sched = Annotated[Schedule, typer.Option("--schedule", case_sensitive=False, help="cosine | step | constant (after warmup).")]
+Milestones = Annotated[str, typer.Option(help="step schedule: fractions of training where the LR drops, comma-separated.")]
+Gamma = Annotated[float, typer.Option(help="step schedule: LR multiplier at each milestone.")]
+Warmup = Annotated[int, typer.Option(min=0, help="Epochs of linear learning-rate warmup.")]
+Smoothing = Annotated[float, typer.Option(help="Label smoothing (0 = off).")]
+Seed = Annotated[int, typer.Option(help="Random seed (weights, shuffling, augmentation).")]
+ZeroInit = Annotated[bool, typer.Option(help="Zero-initialise the last BN gamma of each residual branch.")]
+Augment = Annotated[bool, typer.Option(help="Random shifts (and flips where labels allow).")]
+InputSize = Annotated[int | None, typer.Option(min=8, help="Resize images to this square size [default: the dataset's].")]
+Pretrained = Annotated[bool, typer.Option(help="torchvision archs: start from ImageNet weights (needs network or cache).")]
+MaxTrain = Annotated[int | None, typer.Option(min=1, help="Train on a deterministic subset of this many images.")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
+Threads = Annotated[int | None, typer.Option(min=1, help="PyTorch CPU threads [default: all cores].")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (no table).")]
+
+
+def parse_milestones(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated fractions like 0.5,0.75, got {text!r}") from None
+
+
+def train_config(**kw: Any) -> TrainConfig:
+    from rescompile.config import DataConfig
+
+    data = DataConfig(dataset=kw.pop("dataset"), data_dir=kw.pop("data_dir"), download=kw.pop("download"))
+    kw["milestones"] = parse_milestones(kw.pop("milestones"))
+    kw["num_threads"] = kw.pop("threads")
+    return TrainConfig(data=data, **kw)

@@ -1,0 +1,114 @@
+"""Every stage's options as frozen dataclasses. Every default lives here, once.
+
+``None`` in a field means "use the default that fits the rest of the configuration"
+(for example ``augment=None`` picks the augmentation the dataset supports).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+# The embedded default: a small ResNet trained on scikit-learn's bundled digits images.
+DEFAULT_ARCH = "resnet20"
+DEFAULT_DATASET = "digits"
+DEFAULT_OPSET = 17  # TensorRT 10 parses opset <= 20; 17 is where LayerNormalization etc. landed.
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    step = "step"
+    constant = "constant"
+
+
+def rescompile_home() -> Path:
+    """Where cached models and default build outputs go: $RESCOMPILE_HOME, else the user cache."""
+    env = os.environ.get("RESCOMPILE_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rescompile"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to use. ``dataset`` is 'digits', 'cifar10', an image folder or a .npy/.npz file."""
+
+    dataset: str = DEFAULT_DATASET
+    data_dir: Path | None = None  # root for cifar10 (where cifar-10-batches-py/bin live)
+    download: bool = False  # only cifar10; never done unless asked
+    seed: int = 0  # fixes the train/val/test split of datasets that ship without one
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = DEFAULT_ARCH
+    data: DataConfig = field(default_factory=DataConfig)
+    output_dir: Path | None = None  # None: <home>/runs/<arch>-<dataset>
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: Optimizer = Optimizer.sgd
+    lr: float | None = None  # None: 0.1 for SGD, 1e-3 for Adam/AdamW
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # He et al. 2016 use 1e-4 on CIFAR; 5e-4 suits the small digits set
+    schedule: Schedule = Schedule.cosine
+    milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of training
+    gamma: float = 0.1
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    seed: int = 0
+    zero_init_residual: bool = False  # Goyal et al. 2017: last BN gamma of each branch = 0
+    augment: bool | None = None  # None: random shifts (+ flips where the dataset allows)
+    input_size: int | None = None  # None: the dataset's native size (32 for digits/cifar10)
+    small_input: bool | None = None  # torchvision archs: 3x3 stem, no max-pool; None: auto (< 96 px)
+    pretrained: bool = False  # torchvision archs: ImageNet weights (needs network or a warm cache)
+    max_train_images: int | None = None  # train on a deterministic subset
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.1 if self.optimizer == Optimizer.sgd else 1e-3
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
+    simplify: bool = True  # onnxsim; falls back to plain shape inference when unavailable
+    check: bool = True  # compare ONNX Runtime with PyTorch after export
+    check_batch_sizes: tuple[int, ...] = (1, 4)
+    # The check fails above atol + rtol * max|logit|: exporting is exact up to float
+    # reassociation, so anything larger is a real export bug.
+    check_atol: float = 1e-4
+    check_rtol: float = 1e-4
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """The main job. ``source=None`` is the embedded default model."""
+
+    source: str | None = None
+    output_dir: Path | None = None  # None: <home>/builds/<model name>
+    export: ExportConfig = field(default_factory=ExportConfig)
+    device: str = "auto"
+    # Used when the source carries no metadata (plain state dicts, TorchScript, bare ONNX):
+    arch: str | None = None
+    num_classes: int | None = None
+    input_size: int | None = None

@@ -1,0 +1,1 @@
+"""Datasets (bundled digits, CIFAR-10, image folders, arrays) and the preprocessing spec."""

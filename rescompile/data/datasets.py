@@ -1,0 +1,265 @@
+"""Load the supported datasets into train/val/test ImageSets with a default preprocessing.
+
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 real images, offline),
+  upscaled to 32x32 RGB, with a fixed stratified 70/10/20 split.
+- ``cifar10``: the CIFAR-10 python or binary batches under ``data_dir``; downloaded through
+  torchvision only when asked.
+- an image folder: one sub-folder per class, optionally already split into train/val/test.
+- a ``.npz`` (``images`` + ``labels``) or ``.npy`` (images only) array file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rescompile.config import DataConfig
+from rescompile.data import cifar
+from rescompile.data.images import IMAGE_SUFFIXES, ArrayImages, FileImages, ImageSet, stratified_split
+from rescompile.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from rescompile.errors import DataError
+
+log = logging.getLogger(__name__)
+
+DIGITS_SIZE = 32
+# Digits split: 70% train, 10% val, 20% test, stratified, seed 0 (never changes, so test
+# accuracy is comparable across runs and versions).
+_DIGITS_FRACTIONS = (0.7, 0.1)
+_DIGITS_SEED = 0
+
+
+@dataclass
+class DatasetSplits:
+    name: str
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing  # the default for models trained on this data
+    allow_hflip: bool  # mirrored images keep their label (not true for digits)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_dataset(config: DataConfig | str = DataConfig(), input_size: int | None = None) -> DatasetSplits:
+    """Load a dataset by name or path. ``input_size`` overrides the default preprocessing size."""
+    if isinstance(config, str):
+        config = DataConfig(dataset=config)
+    name = config.dataset
+    if name == "digits":
+        splits = _digits()
+    elif name in ("cifar10", "cifar-10"):
+        splits = _cifar10(config)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"dataset {name!r} is neither a known name nor an existing path",
+                "Use 'digits', 'cifar10' (with --data-dir), an image folder, or a .npy/.npz file",
+            )
+        if path.is_dir():
+            splits = _image_folder(path, config)
+        elif path.suffix in (".npy", ".npz"):
+            splits = _arrays(path, config)
+        else:
+            raise DataError(
+                f"{path} is a file but not a .npy/.npz array",
+                "Pass an image folder (one sub-folder per class) or a .npy/.npz file",
+            )
+    if input_size is not None and input_size != splits.preprocessing.input_size:
+        p = splits.preprocessing
+        splits.preprocessing = Preprocessing(input_size, p.mean, p.std, None, p.interpolation)
+    return splits
+
+
+# -- digits ------------------------------------------------------------------------------
+def digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 digits as uint8 (N, 32, 32, 3) RGB and int64 labels."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    raw = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    big = np.stack(
+        [np.asarray(Image.fromarray(im).resize((DIGITS_SIZE, DIGITS_SIZE), Image.BILINEAR)) for im in raw]
+    )
+    rgb = np.repeat(big[:, :, :, None], 3, axis=3)
+    return rgb, bunch.target.astype(np.int64)
+
+
+def _digits() -> DatasetSplits:
+    images, labels = digits_images()
+    train_idx, val_idx, test_idx = stratified_split(labels, len(labels), _DIGITS_FRACTIONS, _DIGITS_SEED)
+    classes = tuple(str(i) for i in range(10))
+    full = ArrayImages(images, labels, classes)
+    train = full.subset(train_idx)
+    # Mean/std of the training split, rounded so the spec is readable in manifests.
+    pixels = train.array[..., 0].astype(np.float64) / 255.0
+    mean, std = round(float(pixels.mean()), 4), round(float(pixels.std()), 4)
+    prep = Preprocessing(DIGITS_SIZE, (mean,) * 3, (std,) * 3)
+    return DatasetSplits("digits", train, full.subset(val_idx), full.subset(test_idx), classes, prep, False)
+
+
+# -- CIFAR-10 ----------------------------------------------------------------------------
+def _cifar10(config: DataConfig) -> DatasetSplits:
+    if config.data_dir is None:
+        raise DataError(
+            "cifar10 needs --data-dir: the folder holding cifar-10-batches-py (or -bin)",
+            "Add --data-dir DIR, and --download to fetch CIFAR-10 into it when online",
+        )
+    train_x, train_y, test_x, test_y, classes = cifar.load_cifar10(Path(config.data_dir), download=config.download)
+    val_idx, train_idx = stratified_split(train_y, len(train_y), (config.val_fraction,), config.seed)
+    full = ArrayImages(train_x, train_y, classes)
+    prep = Preprocessing(32, CIFAR10_MEAN, CIFAR10_STD)
+    test = ArrayImages(test_x, test_y, classes)
+    return DatasetSplits("cifar10", full.subset(train_idx), full.subset(val_idx), test, classes, prep, True)
+
+
+# -- image folders -----------------------------------------------------------------------
+def _list_class_folder(root: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(
+            f"image folder {root} has no class sub-folders",
+            "Put each class's images in its own sub-folder: ROOT/<class name>/<image>.png",
+        )
+    paths, labels = [], []
+    for label, d in enumerate(class_dirs):
+        for f in sorted(d.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(f)
+                labels.append(label)
+    return paths, labels, tuple(d.name for d in class_dirs)
+
+
+def _readable(paths: list[Path], labels: list[int], where: Path) -> tuple[list[Path], np.ndarray]:
+    """Drop files Pillow cannot identify, with a count; fail if none are left."""
+    from PIL import Image
+
+    good_paths, good_labels, bad = [], [], []
+    for path, label in zip(paths, labels):
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception:  # Pillow raises many types for corrupt files
+            bad.append(path)
+            continue
+        good_paths.append(path)
+        good_labels.append(label)
+    if bad:
+        log.warning("skipped %d unreadable image file(s) in %s (first: %s)", len(bad), where, bad[0])
+    if not good_paths:
+        raise DataError(
+            f"image folder {where} holds no readable images ({len(bad)} unreadable)",
+            f"Add {', '.join(IMAGE_SUFFIXES[:3])} files under one sub-folder per class",
+        )
+    return good_paths, np.asarray(good_labels, dtype=np.int64)
+
+
+def _image_folder(root: Path, config: DataConfig) -> DatasetSplits:
+    pre_split = (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir())
+    if pre_split:
+        paths, labels, classes = _list_class_folder(root / "train")
+        train = FileImages(*_readable(paths, labels, root / "train"), classes)
+        parts = {}
+        for split in ("val", "test"):
+            if (root / split).is_dir():
+                p, lab, cls = _list_class_folder(root / split)
+                if cls != classes:
+                    raise DataError(
+                        f"{root / split} has classes {list(cls)} but train has {list(classes)}",
+                        "Use the same class sub-folders in every split",
+                    )
+                parts[split] = FileImages(*_readable(p, lab, root / split), classes)
+        val = parts.get("val", parts.get("test"))
+        test = parts.get("test", parts.get("val"))
+    else:
+        paths, labels, classes = _list_class_folder(root)
+        files, label_arr = _readable(paths, labels, root)
+        every = FileImages(files, label_arr, classes)
+        val_idx, test_idx, train_idx = stratified_split(
+            label_arr, len(files), (config.val_fraction, config.test_fraction), config.seed
+        )
+        train, val, test = every.subset(train_idx), every.subset(val_idx), every.subset(test_idx)
+    size = _probe_size(train)
+    prep = Preprocessing(size, IMAGENET_MEAN, IMAGENET_STD, resize=None if size <= 64 else round(size * 256 / 224))
+    return DatasetSplits(root.name, train, val, test, classes, prep, True)
+
+
+def _probe_size(images: ImageSet) -> int:
+    """Default input size for a folder: its first image's shorter side, capped at 224."""
+    first = images.image(0)
+    return int(min(224, min(first.shape[:2])))
+
+
+# -- arrays ------------------------------------------------------------------------------
+def images_from_array(array: np.ndarray, source: str) -> np.ndarray:
+    """Normalise an image array to uint8 (N, H, W, 3); accept NCHW/NHWC/NHW, uint8 or floats in [0, 1]."""
+    arr = np.asarray(array)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise DataError(f"{source} contains {bad} NaN or infinite value(s)", "Clean or regenerate the array")
+        if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
+            raise DataError(
+                f"{source} holds floats outside [0, 1] (min {arr.min():.3g}, max {arr.max():.3g})",
+                "Store raw uint8 pixels or floats in [0, 1]; rescompile applies the model's normalisation itself",
+            )
+        arr = np.round(arr * 255.0).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise DataError(f"{source} has dtype {arr.dtype}", "Store images as uint8 pixels or floats in [0, 1]")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4:
+        raise DataError(f"{source} has shape {arr.shape}", "Expected images as (N, H, W[, C]) or (N, C, H, W)")
+    if arr.shape[3] not in (1, 3) and arr.shape[1] in (1, 3):
+        arr = arr.transpose(0, 2, 3, 1)
+    if arr.shape[3] not in (1, 3):
+        raise DataError(f"{source} has shape {arr.shape}: no axis of 1 or 3 channels", "Store RGB or grayscale images")
+    if len(arr) == 0:
+        raise DataError(f"{source} holds no images", "Provide a non-empty array")
+    if arr.shape[3] == 1:
+        arr = np.repeat(arr, 3, axis=3)
+    return np.ascontiguousarray(arr)
+
+
+def _arrays(path: Path, config: DataConfig) -> DatasetSplits:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} as a numpy array file ({exc})", "Save it with numpy.save/savez") from exc
+    labels = None
+    classes: tuple[str, ...] = ()
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = set(loaded.files)
+            key = next((k for k in ("images", "x", "data") if k in keys), None)
+            if key is None:
+                raise DataError(f"{path} has arrays {sorted(keys)} but no 'images'", "Save images under the key 'images'")
+            images = images_from_array(loaded[key], f"{path}[{key}]")
+            lkey = next((k for k in ("labels", "y", "targets") if k in keys), None)
+            if lkey is not None:
+                labels = np.asarray(loaded[lkey]).astype(np.int64).reshape(-1)
+            if "classes" in keys:
+                classes = tuple(str(c) for c in loaded["classes"])
+    else:
+        images = images_from_array(loaded, str(path))
+    if labels is not None:
+        if len(labels) != len(images):
+            raise DataError(f"{path}: {len(images)} images but {len(labels)} labels", "Store one label per image")
+        if labels.min() < 0:
+            raise DataError(f"{path}: negative labels", "Labels must be class indices 0..K-1")
+        if not classes:
+            classes = tuple(str(i) for i in range(int(labels.max()) + 1))
+    full = ArrayImages(images, labels, classes)
+    val_idx, test_idx, train_idx = stratified_split(
+        labels, len(images), (config.val_fraction, config.test_fraction), config.seed
+    )
+    size = images.shape[1] if images.shape[1] == images.shape[2] else min(images.shape[1:3])
+    prep = Preprocessing(int(min(size, 224)), IMAGENET_MEAN, IMAGENET_STD)
+    return DatasetSplits(path.stem, full.subset(train_idx), full.subset(val_idx), full.subset(test_idx), classes, prep, True)

@@ -1,0 +1,157 @@
+"""Image sets: labelled uint8 RGB images in memory or in files, and batching through a Preprocessing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rescompile.data.preprocess import Preprocessing, as_rgb_uint8
+from rescompile.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageSet:
+    """A sequence of uint8 RGB images (H, W, 3) with optional integer labels."""
+
+    classes: tuple[str, ...]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def image(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
+        raise NotImplementedError
+
+    @property
+    def native_size(self) -> int | None:
+        """Side of every image when all are the same square size, else None."""
+        return None
+
+    def images(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+        return [self.image(int(i)) for i in indices]
+
+    def require_labels(self, purpose: str) -> np.ndarray:
+        if self.labels is None:
+            raise DataError(
+                f"{purpose} needs labelled images, but this data has no labels",
+                "Use an image folder with one sub-folder per class, or an .npz with a 'labels' array",
+            )
+        return self.labels
+
+
+@dataclass
+class ArrayImages(ImageSet):
+    """Images held in one uint8 array of shape (N, H, W, 3)."""
+
+    array: np.ndarray
+    labels: np.ndarray | None
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 4 or self.array.shape[3] != 3 or self.array.dtype != np.uint8:
+            raise DataError(f"expected uint8 images of shape (N, H, W, 3), got {self.array.dtype} {self.array.shape}")
+        if self.labels is not None and len(self.labels) != len(self.array):
+            raise DataError(f"{len(self.array)} images but {len(self.labels)} labels: the counts must match")
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.array[index]
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ArrayImages:
+        idx = np.asarray(indices, dtype=np.int64)
+        labels = None if self.labels is None else self.labels[idx]
+        return ArrayImages(self.array[idx], labels, self.classes)
+
+    @property
+    def native_size(self) -> int | None:
+        h, w = self.array.shape[1:3]
+        return int(h) if h == w else None
+
+
+@dataclass
+class FileImages(ImageSet):
+    """Images decoded from files on demand (bounded memory for large folders)."""
+
+    paths: list[Path]
+    labels: np.ndarray | None
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, index: int) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.paths[index]
+        try:
+            with Image.open(path) as img:
+                return as_rgb_uint8(np.asarray(img.convert("RGB")))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DataError(f"cannot read image {path} ({exc})", "Remove or replace the file") from exc
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> FileImages:
+        idx = [int(i) for i in indices]
+        labels = None if self.labels is None else self.labels[np.asarray(idx, dtype=np.int64)]
+        return FileImages([self.paths[i] for i in idx], labels, self.classes)
+
+
+def iter_batches(
+    images: ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Yield (float32 NCHW, int64 labels or None) batches; memory is bounded by ``batch_size``."""
+    if batch_size < 1:
+        raise DataError(f"batch size must be >= 1, got {batch_size}")
+    order = np.arange(len(images))
+    if shuffle:
+        order = np.random.default_rng(seed).permutation(order)
+    fast = (
+        isinstance(images, ArrayImages)
+        and images.native_size == preprocessing.input_size
+        and preprocessing.resize is None
+    )
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if fast:
+            x = preprocessing.normalize(images.array[idx])
+        else:
+            x = preprocessing(images.images(idx))
+        y = None if images.labels is None else images.labels[idx]
+        yield x, y
+
+
+def stratified_split(
+    labels: np.ndarray | None, n: int, fractions: Sequence[float], seed: int
+) -> list[np.ndarray]:
+    """Split range(n) into len(fractions)+1 deterministic index sets (last one takes the rest).
+
+    With labels, each class is split in the same proportions, so small sets keep every class.
+    """
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for group in groups:
+        group = rng.permutation(group)
+        start = 0
+        for k, frac in enumerate(fractions):
+            count = int(round(frac * len(group)))
+            parts[k].append(group[start : start + count])
+            start += count
+        parts[-1].append(group[start:])
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]

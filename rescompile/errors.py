@@ -1,0 +1,48 @@
+"""Errors raised by rescompile. Every message says what is wrong and how to fix it.
+
+The library raises; only the CLI turns these into a one-line message and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class RescompileError(Exception):
+    """Base class: ``str(err)`` is a single line, 'what is wrong: how to fix it'."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message.strip()
+        self.hint = hint.strip() if hint else None
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        text = self.message if not self.hint else f"{self.message}. {self.hint}"
+        # One line, whatever the parts contained (paths from users can hold newlines).
+        return " ".join(text.split())
+
+
+class ConfigError(RescompileError):
+    """An option or combination of options that cannot work."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(RescompileError):
+    """An optional dependency is not installed."""
+
+
+class ModelError(RescompileError):
+    """A model source that cannot be loaded or is not a ResNet-like image classifier."""
+
+
+class DataError(RescompileError):
+    """A dataset, image folder or array that cannot be used."""
+
+
+class TrainError(RescompileError):
+    """Training failed (diverged, no data, ...)."""
+
+
+class ExportError(RescompileError):
+    """ONNX export or its check against PyTorch failed."""

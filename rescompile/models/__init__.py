@@ -1,0 +1,1 @@
+"""ResNet definitions, the registry of architecture names, and model loading."""
