@@ -92,10 +92,11 @@ class ExportConfig:
     simplify: bool = True  # onnxsim; falls back to plain shape inference when unavailable
     check: bool = True  # compare ONNX Runtime with PyTorch after export
     check_batch_sizes: tuple[int, ...] = (1, 4)
-    # The check fails above atol + rtol * max|logit|: exporting is exact up to float
-    # reassociation, so anything larger is a real export bug.
+    # The check fails above atol + rtol * max|logit|. Export is exact up to float32
+    # rounding, which for 100+ layer nets reaches ~3e-4 on logits of ~2 (PyTorch's own
+    # float32 error against float64); real export bugs are of the order of the logits.
     check_atol: float = 1e-4
-    check_rtol: float = 1e-4
+    check_rtol: float = 1e-3
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
 

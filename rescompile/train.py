@@ -221,7 +221,7 @@ def train(config: TrainConfig = TrainConfig(), callback: TrainCallback | None = 
             loss = F.cross_entropy(logits, yt, label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainError(
-                    f"training diverged: loss is {float(loss)} at epoch {epoch}, step {step}",
+                    f"training diverged: loss is {float(loss.detach())} at epoch {epoch}, step {step}",
                     "Lower --lr, add --warmup-epochs, or check the data",
                 )
             opt.zero_grad(set_to_none=True)

@@ -58,12 +58,12 @@ def compare(
     The default pair is the classic residual-vs-plain comparison of He et al. (2016):
     ResNet-30 and the same network without skip connections.
     """
+    options = {k: v for k, v in locals().items() if k not in ("archs", "json_out")}
     from rescompile.compare import DEFAULT_PAIR, compare_architectures, plot_curves
     from rescompile.errors import MissingDependencyError
 
     names = list(archs or DEFAULT_PAIR)
-    kw = {k: v for k, v in locals().items() if k not in ("archs", "json_out", "names", "DEFAULT_PAIR", "compare_architectures", "plot_curves", "MissingDependencyError")}
-    config = train_config(arch=names[0], **kw)
+    config = train_config(arch=names[0], **options)
     result = compare_architectures(names, config, None if json_out else TrainProgress)
     plot = None
     try:

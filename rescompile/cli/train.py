@@ -59,9 +59,9 @@ def train(
     json_out: Json = False,
 ) -> None:
     """Train a ResNet and keep the best checkpoint (with its architecture and preprocessing)."""
+    config = train_config(**{k: v for k, v in locals().items() if k != "json_out"})
     from rescompile.train import train as run_train
 
-    config = train_config(**{k: v for k, v in locals().items() if k != "json_out"})
     result = run_train(config, None if json_out else TrainProgress(config.arch))
     summary = {
         "checkpoint": str(result.checkpoint),

@@ -97,9 +97,9 @@ class Preprocessing:
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
     def __call__(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
-        """Preprocess one uint8 image (H, W, 3) or a batch/list of them -> float32 NCHW."""
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            images = images[None]
+        """Preprocess one uint8 image ((H, W) or (H, W, 1|3|4)) or a batch/list -> float32 NCHW."""
+        if isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4))):
+            images = [images]
         batch = np.stack([self._geometry(as_rgb_uint8(img)) for img in images])
         return self.normalize(batch)
 

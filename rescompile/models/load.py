@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,9 @@ def _from_torchscript(path: Path, arch: str | None, num_classes: int | None, inp
 
     extra = {TORCHSCRIPT_SPEC_FILE: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, but users still ship it
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"{path} is not a loadable TorchScript file ({exc.__class__.__name__})", "Re-save it with torch.jit.save") from exc
     if extra[TORCHSCRIPT_SPEC_FILE]:
@@ -153,6 +156,8 @@ def _torch_load(path: Path, trust: bool) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # not a refused object: the bytes themselves are bad
+            raise ModelError(f"{path} is not a readable PyTorch checkpoint (corrupt pickle)", "Check the file") from exc
         raise ModelError(
             f"{path} holds Python objects that a weights-only load refuses (loading it could run code from the file)",
             "Re-save it as a state dict, or pass --trust-checkpoint if you trust its origin",

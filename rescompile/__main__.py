@@ -1,0 +1,3 @@
+from rescompile.cli import main
+
+main()

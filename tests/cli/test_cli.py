@@ -1,0 +1,138 @@
+"""The CLI through Typer's CliRunner, and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from rescompile._io import sha256_file
+from rescompile.cli import app
+from tests.conftest import files_under
+
+runner = CliRunner()
+COMMANDS = ["train", "export", "build", "compare", "models"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, pattern: str) -> None:
+    assert result.exit_code != 0
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith(">> ")]  # stage markers
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    res = invoke(command, "--help")
+    assert res.exit_code == 0
+    assert "Example" in res.stdout and f"rescompile {command}" in res.stdout
+
+
+def test_root_help_and_version():
+    res = invoke("--help")
+    assert res.exit_code == 0 and all(c in res.stdout for c in COMMANDS)
+    assert invoke("--version").stdout.startswith("rescompile ")
+
+
+def test_models_lists_architectures_as_json():
+    data = json.loads(invoke("models", "--json").stdout)
+    assert data["resnet20"]["family"] == "cifar" and data["resnet50"]["input"] == 224
+
+
+def test_train_json_writes_checkpoint(tmp_path):
+    res = invoke("train", "--epochs", "1", "--warmup-epochs", "0", "--max-train-images", "64", "-o", tmp_path, "--json", "--optimizer", "adam")
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert Path(summary["checkpoint"]) == tmp_path / "best.pt" and (tmp_path / "best.pt").exists()
+    assert 0.0 <= summary["test_acc"] <= 1.0 and summary["test_images"] == 360
+
+
+def test_train_shows_progress_and_table(tmp_path):
+    res = invoke("train", "--epochs", "1", "--warmup-epochs", "0", "--max-train-images", "64", "-o", tmp_path)
+    assert res.exit_code == 0
+    assert "test top-1" in res.stdout and "resnet20 1" in res.stderr  # progress bar on stderr
+
+
+def test_export_checkpoint_to_onnx(trained, tmp_path):
+    out = tmp_path / "m.onnx"
+    res = invoke("export", trained.checkpoint, "-o", out, "--json")
+    assert res.exit_code == 0, res.stderr
+    result = json.loads(res.stdout)
+    assert result["check"]["passed"] and result["check"]["top1_agreement"] == 1.0
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
+def test_build_from_checkpoint_writes_bundle_with_hashes(trained, tmp_path):
+    res = invoke("build", trained.checkpoint, "-o", tmp_path / "b")
+    assert res.exit_code == 0, res.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["spec"]["arch"] == "resnet20" and manifest["export"]["check"]["passed"]
+    for entry in manifest["files"].values():
+        assert sha256_file(tmp_path / "b" / entry["path"]) == entry["sha256"]
+    assert manifest["versions"]["torch"] and manifest["model"]["metrics"]["test_acc"] == pytest.approx(trained.test_acc)
+    assert "test top-1" in res.stdout
+
+
+def test_build_with_no_arguments_trains_default_once_then_reuses_it(home, monkeypatch):
+    import rescompile.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "DEFAULT_TRAIN", replace(pipeline.DEFAULT_TRAIN, epochs=1, warmup_epochs=0, max_train_images=64))
+    res = invoke("build")
+    assert res.exit_code == 0, res.stderr
+    bundle = home / "builds" / "resnet20-digits"
+    assert (bundle / "manifest.json").exists() and (bundle / "model_fp32.onnx").exists()
+    assert pipeline.default_model_path().exists()
+
+    def no_training(*a, **k):
+        raise AssertionError("the cached default model must be reused")
+
+    monkeypatch.setattr("rescompile.train.train", no_training)
+    assert invoke("build", "--json").exit_code == 0
+
+
+def test_compare_prints_both_accuracies_and_plots(tmp_path):
+    res = invoke(
+        "compare", "--epochs", "1", "--warmup-epochs", "0", "--max-train-images", "64", "--input-size", "16", "-o", tmp_path, "--json"
+    )
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert set(data["results"]) == {"resnet30", "plain30"}
+    assert all(0 <= r["test_acc"] <= 1 for r in data["results"].values())
+    assert Path(data["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_inputs_one_line_errors_and_nothing_written(trained, tmp_path):
+    out = tmp_path / "out"
+    one_line_error(invoke("export", "nope.pt", "-o", out / "x.onnx"), "no such model file")
+    one_line_error(invoke("build", "resnet21", "-o", out), "no such model file or architecture name")
+    one_line_error(invoke("train", "--arch", "resnet21", "-o", out), "unknown architecture 'resnet21'")
+    one_line_error(invoke("export", trained.checkpoint, "--arch", "resnet56", "-o", out / "x.onnx"), "not resnet56")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    one_line_error(invoke("train", "--dataset", tmp_path / "empty", "-o", out), "holds no readable images")
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    one_line_error(invoke("build", tmp_path / "bad.onnx", "-o", out), "not a readable ONNX model")
+    assert files_under(out) == set()
+
+
+def test_unknown_choice_is_a_usage_error():
+    res = invoke("train", "--optimizer", "lion")
+    assert res.exit_code == 2 and "lion" in res.stderr
+
+
+def test_real_subprocess(trained, tmp_path):
+    exe = [sys.executable, "-m", "rescompile"]
+    ok = subprocess.run([*exe, "build", str(trained.checkpoint), "-o", str(tmp_path / "b"), "--json"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["manifest"].endswith("manifest.json")
+    bad = subprocess.run([*exe, "export", "missing.pt", "-o", str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "no such model file" in bad.stderr
