@@ -46,3 +46,7 @@ class TrainError(RescompileError):
 
 class ExportError(RescompileError):
     """ONNX export or its check against PyTorch failed."""
+
+
+class OptimizeError(RescompileError):
+    """A graph rewrite would change the model's output."""

@@ -1,8 +1,7 @@
-"""The main job: model source -> FP32 ONNX -> ... -> a bundle directory with a manifest.
+"""The main job: model source -> FP32 ONNX -> optimized ONNX -> a bundle directory with a manifest.
 
-Later stages (optimize, calibrate, build engines) plug in here as they land; each writes
-into the same output directory, and the manifest is written last so it never points at a
-missing or partial file.
+Each stage writes into the same output directory, and the manifest is written last so it
+never points at a missing or partial file.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from rescompile._io import atomic_path, sha256_file, write_json_atomic
 from rescompile.config import DEFAULT_ARCH, DEFAULT_DATASET, BuildConfig, DataConfig, TrainConfig, rescompile_home
 from rescompile.models.load import LoadedModel, load_model
 from rescompile.stages.export import ExportResult, onnx_from_torch
+from rescompile.stages.optimize import OptimizeResult, optimize_onnx
 from rescompile.versions import library_versions, machine
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT_VERSION = 1
 FP32_ONNX = "model_fp32.onnx"
+OPTIMIZED_ONNX = "model_opt.onnx"
+FUSION_REPORT = "fusion_report.json"
 # The embedded default's training recipe: reaches >= 97% test accuracy on digits in
 # about two minutes on 2 CPU cores (benchmarks/train_digits.py measures it).
 DEFAULT_TRAIN = TrainConfig(arch=DEFAULT_ARCH, data=DataConfig(DEFAULT_DATASET), epochs=30)
@@ -56,6 +58,7 @@ class BuildResult:
     manifest: Path
     model: LoadedModel
     export: ExportResult | None
+    optimize: OptimizeResult
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -92,14 +95,20 @@ def build(
             shutil.copyfile(model.onnx_path, tmp)
     else:
         export_result = onnx_from_torch(model.module, model.spec, fp32, config.export)
-    files = {"fp32_onnx": fp32}
+
+    stage("optimize")
+    optimized = optimize_onnx(fp32, out / OPTIMIZED_ONNX)
+    report = write_json_atomic(out / FUSION_REPORT, optimized.report.to_dict())
+    files = {"fp32_onnx": fp32, "optimized_onnx": optimized.path, "fusion_report": report}
 
     stage("manifest")
-    manifest = write_manifest(out, model, files, export_result)
-    return BuildResult(out, manifest, model, export_result, files)
+    manifest = write_manifest(out, model, files, export_result, optimized)
+    return BuildResult(out, manifest, model, export_result, optimized, files)
 
 
-def write_manifest(out: Path, model: LoadedModel, files: dict[str, Path], export: ExportResult | None) -> Path:
+def write_manifest(
+    out: Path, model: LoadedModel, files: dict[str, Path], export: ExportResult | None, optimized: OptimizeResult
+) -> Path:
     doc = {
         "format": "rescompile.bundle",
         "format_version": MANIFEST_FORMAT_VERSION,
@@ -108,6 +117,14 @@ def write_manifest(out: Path, model: LoadedModel, files: dict[str, Path], export
         "model": {"source": model.source, "kind": model.kind, "metrics": model.metrics or {}},
         "spec": model.spec.to_dict(),
         "export": export.to_dict() if export else None,
+        "optimize": {
+            "rewrites": optimized.report.rewrites,
+            "residual_blocks": len(optimized.report.blocks),
+            "fusable_blocks": optimized.report.fusable_blocks,
+            "batchnorm_before_after": [optimized.report.bn_before, optimized.report.bn_after],
+            "nodes_before_after": [optimized.report.nodes_before, optimized.report.nodes_after],
+            "max_abs_diff": optimized.check.max_abs_diff if optimized.check else None,
+        },
         "files": {
             role: {"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size} for role, p in files.items()
         },

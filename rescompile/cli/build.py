@@ -35,7 +35,7 @@ def build(
     input_size: SizeOpt = None,
     json_out: Json = False,
 ) -> None:
-    """Compile a model into a bundle directory with a manifest (export -> ONNX, checked)."""
+    """Compile a model into a bundle directory with a manifest (export -> ONNX -> optimize)."""
     from rescompile.config import BuildConfig
     from rescompile.pipeline import build as run_build
 
@@ -48,6 +48,7 @@ def build(
         "model": result.model.source,
         "files": {k: str(v) for k, v in result.files.items()},
         "export": result.export.to_dict() if result.export else None,
+        "fusion": result.optimize.report.to_dict(),
     }
     if json_out:
         print_json(summary)
@@ -60,6 +61,13 @@ def build(
     ex = result.export
     note = f"max |ONNX - PyTorch| {ex.check.max_abs_diff:.1e}, top-1 agreement {ex.check.top1_agreement:.0%}" if ex and ex.check else "copied"
     table.add_row("FP32 ONNX", str(result.files["fp32_onnx"]), note)
+    rep = result.optimize.report
+    table.add_row(
+        "optimized ONNX",
+        str(result.files["optimized_onnx"]),
+        f"BN {rep.bn_before}->{rep.bn_after}, {rep.fusable_blocks}/{len(rep.blocks)} residual blocks fusable",
+    )
+    table.add_row("fusion report", str(result.files["fusion_report"]), "rescompile inspect shows it for any ONNX")
     table.add_row("manifest", str(result.manifest), f"{spec.arch}, {spec.num_classes} classes, input {spec.input_size}x{spec.input_size}")
     out.print(table)
     metrics = result.model.metrics or {}

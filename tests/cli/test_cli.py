@@ -17,7 +17,7 @@ from rescompile.cli import app
 from tests.conftest import files_under
 
 runner = CliRunner()
-COMMANDS = ["train", "export", "build", "compare", "models"]
+COMMANDS = ["train", "export", "optimize", "inspect", "build", "compare", "models"]
 
 
 def invoke(*args: str):
@@ -77,6 +77,10 @@ def test_build_from_checkpoint_writes_bundle_with_hashes(trained, tmp_path):
     assert res.exit_code == 0, res.stderr
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["spec"]["arch"] == "resnet20" and manifest["export"]["check"]["passed"]
+    assert set(manifest["files"]) == {"fp32_onnx", "optimized_onnx", "fusion_report"}
+    assert manifest["optimize"]["residual_blocks"] == manifest["optimize"]["fusable_blocks"] == 9
+    report = json.loads((tmp_path / "b" / "fusion_report.json").read_text())
+    assert len(report["blocks"]) == 9
     for entry in manifest["files"].values():
         assert sha256_file(tmp_path / "b" / entry["path"]) == entry["sha256"]
     assert manifest["versions"]["torch"] and manifest["model"]["metrics"]["test_acc"] == pytest.approx(trained.test_acc)
