@@ -56,7 +56,10 @@ def plot_curves(comparison: Comparison, path: Path) -> Path:
         ax_acc.plot(epochs, [100 * h.val_acc for h in res.history], marker="o", label=arch)
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Validation accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
