@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from rescompile.stages.optimize import run_reference
 
 RNG = np.random.default_rng(0)
 
@@ -63,11 +64,7 @@ def classifier(nodes, inits, channels: int, classes: int = 5, size: int = 8, las
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return s.run(None, {s.get_inputs()[0].name: x})[0]
+    return run_reference(model, x)
 
 
 def ops(model: onnx.ModelProto) -> list[str]:
