@@ -26,10 +26,35 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600 files: give the result the usual umask mode
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a hidden staging folder inside ``target``; on success move every file in it into
+    ``target`` (each rename atomic), on any failure delete it: ``target`` gains all or nothing."""
+    import shutil
+
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):
+            os.replace(item, target / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> Path:

@@ -40,6 +40,12 @@ def rescompile_home() -> Path:
     return Path(base) / "rescompile"
 
 
+def sample_calibration_dir() -> Path | None:
+    """The repository's real digit calibration images (calibration/digits), when this is a checkout."""
+    folder = Path(__file__).resolve().parent.parent / "calibration" / "digits"
+    return folder if folder.is_dir() else None
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which images to use. ``dataset`` is 'digits', 'cifar10', an image folder or a .npy/.npz file."""
@@ -101,13 +107,51 @@ class ExportConfig:
     output_name: str = OUTPUT_NAME
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    int8 = "int8"
+
+
+class CalibMethod(str, Enum):
+    entropy = "entropy"
+    max = "max"
+    percentile = "percentile"
+    mse = "mse"
+    auto = "auto"
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    method: CalibMethod = CalibMethod.entropy  # TensorRT's default (EntropyCalibration2)
+    percentile: float = 99.99
+    # TensorRT's guidance for ImageNet CNNs is about 500 calibration images; fewer warn.
+    num_images: int = 512
+    advised_images: int = 500
+    min_images: int = 16  # below this the statistics are noise: refuse
+    batch_size: int = 32
+    seed: int = 0  # which images are sampled
+    trt_version: str = "10.3.0"  # JetPack 6.x ships TensorRT 10.3: the cache path's main user
+    cache_algorithm: str | None = None  # None: EntropyCalibration2 (MinMaxCalibration for max)
+    max_accuracy_drop: float | None = None  # points of top-1; None: quantize every Conv/Gemm
+    sensitivity: bool = False  # per-layer accuracy effect of quantizing each Conv alone
+    reduce_range: bool | None = None  # CPU artifact: 7-bit weights; None: when the CPU lacks VNNI
+    # (method, percentile) pairs that --method auto tries on the held-out split
+    auto_candidates: tuple[tuple[str, float], ...] = (
+        ("entropy", 0.0), ("percentile", 99.99), ("percentile", 99.999), ("mse", 0.0), ("max", 0.0),
+    )
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """The main job. ``source=None`` is the embedded default model."""
 
     source: str | None = None
     output_dir: Path | None = None  # None: <home>/builds/<model name>
+    precision: Precision = Precision.int8
     export: ExportConfig = field(default_factory=ExportConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    calib_data: DataConfig | None = None  # None: the model's own training data, when known
+    eval_data: DataConfig | None = None  # None: the test split of the model's own data
     device: str = "auto"
     # Used when the source carries no metadata (plain state dicts, TorchScript, bare ONNX):
     arch: str | None = None

@@ -84,6 +84,33 @@ class TrainProgress:
             self.progress.stop()
 
 
+class StepProgress:
+    """Progress bars for named steps, fed as ``progress(task, done, total)``; a context manager."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if task not in self.tasks:
+            if not self.tasks:
+                self.progress.start()
+            self.tasks[task] = self.progress.add_task(task, total=total)
+        self.progress.update(self.tasks[task], completed=done, total=total)
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tasks:
+            self.progress.stop()
+
+
 # -- option types shared by train and compare -------------------------------------------------
 Dataset = Annotated[
     str, typer.Option("--dataset", "-d", help="digits | cifar10 | an image folder (one sub-folder per class) | a .npy/.npz file.")

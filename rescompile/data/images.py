@@ -155,3 +155,16 @@ def stratified_split(
             start += count
         parts[-1].append(group[start:])
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
+
+
+def concat(sets: Sequence[ImageSet]) -> ImageSet:
+    """One ImageSet holding every image of ``sets`` (all of one kind, same classes)."""
+    sets = [s for s in sets if len(s)]
+    if not sets:
+        raise DataError("no images", "Provide a non-empty dataset")
+    labels = None if any(s.labels is None for s in sets) else np.concatenate([s.labels for s in sets])
+    if all(isinstance(s, ArrayImages) for s in sets) and len({s.array.shape[1:] for s in sets}) == 1:
+        return ArrayImages(np.concatenate([s.array for s in sets]), labels, sets[0].classes)
+    if all(isinstance(s, FileImages) for s in sets):
+        return FileImages([p for s in sets for p in s.paths], labels, sets[0].classes)
+    raise DataError("cannot combine image sets of different kinds", "Use one dataset")

@@ -105,7 +105,8 @@ class Graph:
 
     def add_initializer(self, base: str, array: np.ndarray) -> str:
         name = self.fresh(base)
-        self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.asarray(array)  # (ascontiguousarray would turn a 0-d scalar into shape (1,))
+        self.g.initializer.append(numpy_helper.from_array(array if array.flags.c_contiguous else array.copy(order="C"), name))
         return name
 
     def replace_uses(self, old: str, new: str) -> None:

@@ -14,9 +14,12 @@ import onnx
 
 from rescompile.stages.optimize.graph import Graph, attr
 
-# Ops a block's chains may pass through while walking back to the block input.
-_CHAIN_OPS = {"Conv", "Relu", "BatchNormalization", "Mul", "Add", "Identity", "Dropout", "Cast", "MaxPool", "AveragePool"}
-_MAX_DEPTH = 16
+# Ops a block's chains may pass through while walking back to the block input. Q/DQ nodes
+# are included so that blocks are still found in quantized models.
+_CHAIN_OPS = {"Conv", "Relu", "BatchNormalization", "Mul", "Add", "Identity", "Dropout", "Cast", "MaxPool", "AveragePool",
+              "QuantizeLinear", "DequantizeLinear"}
+_QDQ = {"QuantizeLinear", "DequantizeLinear"}
+_MAX_DEPTH = 32  # a quantized bottleneck branch is about 20 nodes long
 
 
 @dataclass
@@ -30,6 +33,9 @@ class ResidualBlock:
     conv_relu_fusable: bool  # every inner branch Conv feeds its ReLU directly
     add_relu_fusable: bool  # branch's last Conv feeds the Add directly, and the Add its ReLU
     blockers: list[str] = field(default_factory=list)
+    add: str = ""  # the Add node's output tensor
+    skip_input: str = ""  # the Add input that comes from the skip (identity or projection)
+    branch_input: str = ""  # the Add input that comes from the branch
 
     @property
     def fusable(self) -> bool:
@@ -73,7 +79,10 @@ def _walk_back(g: Graph, tensor: str, producers) -> list[tuple[str, onnx.NodePro
 
 
 def _split(g: Graph, add: onnx.NodeProto, producers):
-    """(branch nodes, skip nodes) of a two-input Add, ordered from the Add backwards; None if not a block."""
+    """(branch nodes, skip nodes, branch input, skip input) of a two-input Add; None if not a block.
+
+    Nodes are ordered from the Add backwards.
+    """
     a, b = add.input[0], add.input[1]
     if not a or not b or g.is_const(a) or g.is_const(b):
         return None
@@ -87,7 +96,7 @@ def _split(g: Graph, add: onnx.NodeProto, producers):
             convs = lambda side: sum(n.op_type == "Conv" for n in side)  # noqa: E731
             if convs(side_a) < 2 and convs(side_b) < 2:
                 return None
-            return (side_a, side_b) if convs(side_a) >= convs(side_b) else (side_b, side_a)
+            return (side_a, side_b, a, b) if convs(side_a) >= convs(side_b) else (side_b, side_a, b, a)
     return None
 
 
@@ -108,13 +117,14 @@ def find_residual_blocks(g: Graph) -> list[ResidualBlock]:
         split = _split(g, node, producers)
         if split is None:
             continue
-        branch, skip = split
+        branch, skip, branch_input, skip_input = split
         branch_convs = [n for n in reversed(branch) if n.op_type == "Conv"]
         skip_convs = [n for n in reversed(skip) if n.op_type == "Conv"]
         kind = {2: "basic", 3: "bottleneck"}.get(len(branch_convs), "other")
-        if not skip:
+        skip_core = [n for n in skip if n.op_type not in _QDQ]  # Q/DQ do not change what the skip is
+        if not skip_core:
             skip_kind = "identity"
-        elif len(skip) == 1 and skip_convs and tuple(attr(skip_convs[0], "kernel_shape") or ()) == (1, 1):
+        elif len(skip_core) == 1 and skip_convs and tuple(attr(skip_convs[0], "kernel_shape") or ()) == (1, 1):
             skip_kind = "projection"
         else:
             skip_kind = "other"
@@ -129,7 +139,7 @@ def find_residual_blocks(g: Graph) -> list[ResidualBlock]:
             if len(users) != 1 or users[0].op_type != "Relu":
                 conv_relu = False
                 blockers.append(f"{conv.name or conv.output[0]} feeds {'/'.join(u.op_type for u in users)}, not a ReLU")
-        last = producers.get(node.input[0]) if producers.get(node.input[0]) in branch else producers.get(node.input[1])
+        last = producers.get(branch_input)
         add_ok = last is not None and last.op_type == "Conv" and len(consumers[last.output[0]]) == 1
         if not add_ok and last is not None:
             blockers.append(f"{last.op_type} sits between the branch's last Conv and the Add")
@@ -141,7 +151,7 @@ def find_residual_blocks(g: Graph) -> list[ResidualBlock]:
             ResidualBlock(
                 _name(node, len(blocks)), kind, skip_kind,
                 [c.name or c.output[0] for c in branch_convs], [c.name or c.output[0] for c in skip_convs],
-                not bns, conv_relu, add_ok, blockers,
+                not bns, conv_relu, add_ok, blockers, node.output[0], skip_input, branch_input,
             )
         )
     return blocks

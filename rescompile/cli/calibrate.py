@@ -1,0 +1,139 @@
+"""rescompile calibrate"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from rescompile.cli import app
+from rescompile._io import staged_dir
+from rescompile.cli._common import Json, StepProgress, err, guarded, out, print_json
+from rescompile.cli.export import ArchOpt, ClassesOpt, ModelArg, SizeOpt
+from rescompile.config import CalibConfig, CalibMethod, DataConfig
+
+C = CalibConfig()
+
+CalibData = Annotated[
+    str | None,
+    typer.Option("--data", "--calib-data", help="Calibration images: an image folder, digits, cifar10 or .npy/.npz [default: the model's own training data, when known]."),
+]
+EvalData = Annotated[str | None, typer.Option("--eval-data", help="Labelled images for the accuracy check [default: the test split of the model's data].")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="cifar10: folder holding cifar-10-batches-py.")]
+NumImages = Annotated[int, typer.Option(min=1, help="Calibration images to sample (TensorRT advises >= 500 for CNNs).")]
+Method = Annotated[CalibMethod, typer.Option("--method", case_sensitive=False, help="entropy (TensorRT's) | max | percentile | mse | auto (try all on held-out data).")]
+Percentile = Annotated[float, typer.Option(min=50.0, max=100.0, help="percentile calibrator: 99.9, 99.99, 99.999, ...")]
+CalibBatch = Annotated[int, typer.Option(min=1, help="Images per calibration batch (bounds memory).")]
+TrtVersion = Annotated[str, typer.Option(help="TensorRT version the calibration cache is written for (JetPack 6: 10.3.0).")]
+MaxDrop = Annotated[float | None, typer.Option(min=0.0, help="Leave the most sensitive layers in float until the top-1 drop is within this many points.")]
+Sensitivity = Annotated[bool, typer.Option(help="Report the accuracy effect of quantizing each Conv alone.")]
+
+
+def calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity) -> CalibConfig:
+    return CalibConfig(
+        method=method, percentile=percentile, num_images=num_images, batch_size=batch_size, trt_version=trt_version,
+        max_accuracy_drop=max_accuracy_drop, sensitivity=sensitivity,
+    )
+
+
+def data_config(name: str | None, data_dir: Path | None) -> DataConfig | None:
+    return None if name is None else DataConfig(dataset=name, data_dir=data_dir)
+
+
+def accuracy_table(acc: dict, title: str) -> Table:
+    table = Table(title=title, caption="reference Q/DQ = what TensorRT computes; ORT = ONNX Runtime as deployed")
+    for col in ("model", "judged by", "top-1", "drop (pts)", "agreement", "cosine"):
+        table.add_column(col, justify="right", no_wrap=True)
+    rows = [("FP32", "ORT", acc["fp32"]), ("INT8 Q/DQ TensorRT", "reference Q/DQ", acc["int8_tensorrt_reference"]),
+            ("INT8 CPU artifact", "ORT", acc["int8_cpu_onnxruntime"])]
+    for name, runtime, r in rows:
+        top1 = "-" if r["top1"] is None else f"{r['top1']:.2%}"
+        drop = "-" if r.get("drop_points") is None else f"{r['drop_points']:+.2f}"
+        table.add_row(name, runtime, top1, drop, f"{r['top1_agreement']:.2%}", f"{r['cosine']:.5f}")
+    return table
+
+
+def print_calibration(cal, spec_images: int | None = None) -> None:
+    if cal.candidates:
+        t = Table(title="--method auto: calibrators on the held-out split")
+        for col in ("method", "top-1", "drop (points)", "agreement", "cosine"):
+            t.add_column(col, justify="right")
+        for r in cal.candidates:
+            name = r["method"] + (f" {r['percentile']}" if r["percentile"] else "")
+            t.add_row(name, f"{r['top1']:.2%}", f"{r['drop_points']:+.2f}", f"{r['top1_agreement']:.2%}", f"{r['cosine']:.5f}")
+        out.print(t)
+    if cal.accuracy.get("evaluated"):
+        what = cal.method + (f" {cal.percentile}" if cal.percentile else "")
+        out.print(accuracy_table(cal.accuracy, f"INT8 accuracy ({what}, {cal.images} calibration images, {cal.accuracy['images']} test images)"))
+    if cal.sensitivity:
+        t = Table(title="per-layer sensitivity (each layer quantized alone)")
+        for col in ("layer", "drop (points)", "cosine"):
+            t.add_column(col, justify="right")
+        for r in cal.sensitivity[:10]:
+            t.add_row(r["layer"], "-" if r["drop_points"] is None else f"{r['drop_points']:+.2f}", f"{r['cosine']:.6f}")
+        out.print(t)
+    if cal.float_layers:
+        out.print(f"left in floating point to meet --max-accuracy-drop: {', '.join(cal.float_layers)}")
+    lint = cal.lint
+    verdict = "passes" if lint.get("passed") else f"FAILS ({len(lint.get('violations', []))} violations)"
+    out.print(f"TensorRT Q/DQ lint: {verdict}")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  rescompile calibrate model.onnx --data calibration/digits -o out/int8\n\n"
+        "  rescompile calibrate best.pt --method auto --max-accuracy-drop 0.3 -o out/int8\n\n"
+        "  rescompile calibrate model.onnx --from-cache jetson.cache --trt-version 10.3.0 -o out/int8"
+    )
+)
+@guarded
+def calibrate(
+    model: ModelArg,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", file_okay=False, help="Where the INT8 artifacts go.")],
+    data: CalibData = None,
+    data_dir: DataDirOpt = None,
+    eval_data: EvalData = None,
+    num_images: NumImages = C.num_images,
+    method: Method = C.method,
+    percentile: Percentile = C.percentile,
+    batch_size: CalibBatch = C.batch_size,
+    trt_version: TrtVersion = C.trt_version,
+    from_cache: Annotated[Path | None, typer.Option(help="Import scales from an existing TensorRT calibration cache instead of calibrating.")] = None,
+    max_accuracy_drop: MaxDrop = None,
+    sensitivity: Sensitivity = False,
+    arch: ArchOpt = None,
+    num_classes: ClassesOpt = None,
+    input_size: SizeOpt = None,
+    json_out: Json = False,
+) -> None:
+    """Calibrate INT8 on real images: Q/DQ ONNX + TensorRT cache + CPU INT8 model from one set of scales."""
+    from rescompile.models.load import load_model
+    from rescompile.pipeline import calibrate_model, int8_inputs, prepare_fp32
+
+    config = calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity)
+    loaded = load_model(model, arch=arch, num_classes=num_classes, input_size=input_size)
+    # Data (or cache) is loaded and checked first: bad input leaves the output directory untouched.
+    inputs = int8_inputs(loaded.spec, config, data_config(data, data_dir), data_config(eval_data, data_dir), from_cache)
+    created = not output_dir.exists()
+    try:
+        with staged_dir(output_dir) as stage, StepProgress(enabled=not json_out) as progress:
+            optimized = prepare_fp32(loaded, stage)
+            cal = calibrate_model(optimized, loaded.spec, stage, config, inputs, on_progress=progress)
+    except BaseException:
+        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
+        raise
+    for name in ("qdq_path", "cpu_path", "cache_path", "scales_path", "accuracy_path"):
+        setattr(cal, name, output_dir / getattr(cal, name).name)
+    if json_out:
+        print_json({
+            "method": cal.method, "percentile": cal.percentile, "images": cal.images, "accuracy": cal.accuracy,
+            "auto_candidates": cal.candidates, "sensitivity": cal.sensitivity, "float_layers": cal.float_layers, "lint": cal.lint,
+            "files": {k: str(getattr(cal, k)) for k in ("qdq_path", "cpu_path", "cache_path", "scales_path", "accuracy_path")},
+        })
+        return
+    print_calibration(cal)
+    err.print(f"artifacts: {output_dir}")

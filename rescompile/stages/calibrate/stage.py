@@ -1,0 +1,253 @@
+"""calibrate: optimized FP32 ONNX + real images -> scales -> Q/DQ ONNX, TensorRT cache, CPU INT8
+model, scales.json and an accuracy report, all from one set of amax values."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rescompile import __version__
+from rescompile._io import atomic_path, write_json_atomic
+from rescompile.config import CalibConfig, CalibMethod
+from rescompile.data.images import ImageSet, iter_batches
+from rescompile.errors import ConfigError, DataError
+from rescompile.models.spec import ModelSpec
+from rescompile.stages.calibrate.accuracy import Agreement, Evaluator, drop_points
+from rescompile.stages.calibrate.cache import CalibrationCache, check_cache_for, write_cache
+from rescompile.stages.calibrate.calibrators import compute_amax
+from rescompile.stages.calibrate.collect import TensorStats, activation_tensors, collect_statistics
+from rescompile.stages.calibrate.lint import lint_qdq
+from rescompile.stages.calibrate.qdq import has_vnni, qdq_for_cpu, qdq_for_tensorrt, quantizable_layers, required_tensors
+
+log = logging.getLogger(__name__)
+
+QDQ_ONNX = "model_int8_qdq.onnx"
+CPU_ONNX = "model_int8_cpu.onnx"
+CACHE = "calibration.cache"
+SCALES = "scales.json"
+ACCURACY = "accuracy.json"
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class CalibrationResult:
+    qdq_path: Path
+    cpu_path: Path
+    cache_path: Path
+    scales_path: Path
+    accuracy_path: Path
+    method: str
+    percentile: float | None
+    images: int
+    amax: dict[str, float]
+    accuracy: dict[str, Any]
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # --method auto
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)
+    float_layers: list[str] = field(default_factory=list)
+    lint: dict[str, Any] = field(default_factory=dict)
+
+
+def check_image_count(n: int, config: CalibConfig) -> None:
+    if n < config.min_images:
+        raise DataError(
+            f"only {n} calibration image(s); at least {config.min_images} are needed",
+            f"Add images (about {config.advised_images} are advised)",
+        )
+
+
+def sample(images: ImageSet, config: CalibConfig) -> ImageSet:
+    """A deterministic subset of ``num_images``; warns below TensorRT's advised count."""
+    n = len(images)
+    check_image_count(n, config)
+    take = min(n, config.num_images)
+    if take < config.advised_images:
+        log.warning("calibrating on %d images: TensorRT advises about %d for CNNs", take, config.advised_images)
+    idx = np.sort(np.random.default_rng(config.seed).permutation(n)[:take])
+    return images.subset(idx)
+
+
+def _batches(images: ImageSet, spec: ModelSpec, config: CalibConfig, digest: Any) -> Callable[[], Any]:
+    state = {"first": True}
+
+    def gen():
+        hashing = state["first"]
+        state["first"] = False
+        for x, _ in iter_batches(images, spec.preprocessing, config.batch_size):
+            if hashing:
+                digest.update(x.tobytes())
+            yield x
+
+    return gen
+
+
+def _amax_from(stats: dict[str, TensorStats], method: str, percentile: float) -> dict[str, float]:
+    return compute_amax(stats, method, percentile)
+
+
+def _pick_auto(fp32, stats, config: CalibConfig, holdout: Evaluator | None, progress: Progress) -> tuple[str, float, list[dict]]:
+    if holdout is None:
+        raise ConfigError("--method auto needs labelled held-out images to compare calibrators", "Pass --eval-data, or pick a --method")
+    rows = []
+    for i, (method, pct) in enumerate(config.auto_candidates):
+        progress("auto: comparing calibrators", i, len(config.auto_candidates))
+        amax = _amax_from(stats, method, pct or config.percentile)
+        score = holdout(qdq_for_tensorrt(fp32, amax))
+        rows.append({"method": method, "percentile": pct or None, **score.to_dict(), "drop_points": drop_points(holdout.fp32, score)})
+    progress("auto: comparing calibrators", len(rows), len(rows))
+    best = max(rows, key=lambda r: (-1.0 if r["top1"] is None else r["top1"], r["top1_agreement"], r["cosine"]))
+    return best["method"], best["percentile"] or config.percentile, rows
+
+
+def layer_sensitivity(
+    fp32: onnx.ModelProto, amax: dict[str, float], evaluate: Evaluator, progress: Progress | None = None
+) -> list[dict[str, Any]]:
+    """Quantize one Conv/Gemm at a time (all others float): the accuracy effect of each alone."""
+    layers = quantizable_layers(fp32)
+    rows = []
+    for i, layer in enumerate(layers):
+        if progress:
+            progress("per-layer sensitivity", i, len(layers))
+        score = evaluate(qdq_for_tensorrt(fp32, amax, float_layers=set(layers) - {layer}))
+        rows.append({"layer": layer, "drop_points": drop_points(evaluate.fp32, score), **score.to_dict()})
+    if progress:
+        progress("per-layer sensitivity", len(layers), len(layers))
+    rows.sort(key=lambda r: (-(r["drop_points"] or 0.0), r["cosine"]))
+    return rows
+
+
+def _keep_float_until(fp32, amax, ranking, evaluate: Evaluator, max_drop: float) -> tuple[list[str], Agreement]:
+    """Leave the most sensitive layers in float, one at a time, until the drop is within max_drop."""
+    floats: list[str] = []
+    score = evaluate(qdq_for_tensorrt(fp32, amax))
+    for row in ranking:
+        if (drop_points(evaluate.fp32, score) or 0.0) <= max_drop:
+            break
+        floats.append(row["layer"])
+        score = evaluate(qdq_for_tensorrt(fp32, amax, float_layers=floats))
+    return floats, score
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return path
+
+
+def calibrate(
+    fp32: onnx.ModelProto,
+    spec: ModelSpec,
+    out_dir: Path,
+    *,
+    images: ImageSet | None = None,
+    config: CalibConfig = CalibConfig(),
+    eval_test: ImageSet | None = None,
+    eval_val: ImageSet | None = None,
+    from_cache: CalibrationCache | None = None,
+    data_name: str = "",
+    on_progress: Progress | None = None,
+) -> CalibrationResult:
+    """Calibrate the optimized FP32 model ``fp32`` and write every INT8 artifact into ``out_dir``.
+
+    ``on_progress(task, done, total)`` is told how far each long step has got.
+    """
+    progress = on_progress or (lambda _task, _done, _total: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = activation_tensors(fp32)
+    provenance: dict[str, Any] = {"rescompile_version": __version__, "preprocessing": spec.preprocessing.to_dict()}
+    candidates: list[dict] = []
+    stats: dict[str, TensorStats] = {}
+    holdout = Evaluator(fp32, eval_val, spec.preprocessing) if eval_val is not None and len(eval_val) else None
+    if from_cache is not None:
+        for warning in check_cache_for(from_cache, trt_version=None, tensor_names=tensors):
+            log.warning(warning)
+        amax = {t: from_cache.amax(t) for t in tensors if t in from_cache.scales}
+        method, pct = f"cache:{from_cache.algorithm}", None
+        provenance.update({"source": "calibration cache", "cache_version": from_cache.version})
+        missing = [t for t in required_tensors(fp32) if t not in amax]
+        if missing:
+            raise DataError(
+                f"the cache has no scale for {len(missing)} tensor(s) the INT8 model needs, e.g. {missing[0]!r}",
+                "Use a cache written for this model",
+            )
+    else:
+        if images is None:
+            raise ConfigError("INT8 needs calibration data", "Pass --data (an image folder, digits, cifar10 or a .npy/.npz file)")
+        chosen = sample(images, config)
+        digest = hashlib.sha256()
+        method = config.method.value if isinstance(config.method, CalibMethod) else str(config.method)
+        passes = 1 if method == "max" else 2
+        seen = [0]
+
+        def tick(_pass: int, n: int) -> None:
+            seen[0] += n
+            progress("statistics", seen[0], passes * len(chosen))
+
+        stats = collect_statistics(fp32, _batches(chosen, spec, config, digest), tensors, histograms=method != "max", on_batch=tick)
+        pct = config.percentile
+        if method == "auto":
+            method, pct, candidates = _pick_auto(fp32, stats, config, holdout, progress)
+        amax = _amax_from(stats, method, pct)
+        pct = pct if method == "percentile" else None
+        provenance.update({"source": data_name, "images": len(chosen), "data_sha256": digest.hexdigest(), "method": method, "percentile": pct})
+
+    evaluate = Evaluator(fp32, eval_test, spec.preprocessing) if eval_test is not None and len(eval_test) else None
+    ranking: list[dict] = []
+    float_layers: list[str] = []
+    if config.sensitivity or config.max_accuracy_drop is not None:
+        judge = holdout or evaluate
+        if judge is None:
+            raise ConfigError("sensitivity analysis needs labelled evaluation images", "Pass --eval-data")
+        ranking = layer_sensitivity(fp32, amax, judge, progress)
+    if config.max_accuracy_drop is not None:
+        float_layers, _ = _keep_float_until(fp32, amax, ranking, evaluate or holdout, config.max_accuracy_drop)
+
+    qdq = qdq_for_tensorrt(fp32, amax, float_layers)
+    reduce_range = (not has_vnni()) if config.reduce_range is None else config.reduce_range
+    tmin = {t: s.min for t, s in stats.items()} if stats else {}
+    cpu = qdq_for_cpu(fp32, amax, tmin, reduce_range=reduce_range, float_layers=float_layers)
+    lint = lint_qdq(qdq, float_layers=float_layers)
+
+    accuracy: dict[str, Any] = {"evaluated": evaluate is not None}
+    if evaluate is not None:
+        progress("accuracy check", 0, 2)
+        trt_ref = evaluate(qdq, reference=True)
+        progress("accuracy check", 1, 2)
+        cpu_score = evaluate(cpu, reference=False)
+        progress("accuracy check", 2, 2)
+        accuracy.update({
+            "images": evaluate.fp32.images,
+            "fp32": evaluate.fp32.to_dict(),
+            "int8_tensorrt_reference": {**trt_ref.to_dict(), "drop_points": drop_points(evaluate.fp32, trt_ref)},
+            "int8_cpu_onnxruntime": {**cpu_score.to_dict(), "drop_points": drop_points(evaluate.fp32, cpu_score)},
+            "note": "TensorRT Q/DQ model under reference Q/DQ semantics (ONNX Runtime, optimizations off); "
+            "CPU artifact as deployed (ONNX Runtime, optimizations on)",
+        })
+    algorithm = config.cache_algorithm or ("MinMaxCalibration" if method == "max" else "EntropyCalibration2")
+    cache_path = write_cache(out_dir / CACHE, {t: a / 127.0 for t, a in amax.items()}, version=config.trt_version, algorithm=algorithm)
+    scales_doc = {
+        "format": "rescompile.scales",
+        "format_version": 1,
+        "provenance": provenance,
+        "cpu_reduce_range": reduce_range,
+        "float_layers": float_layers,
+        "tensors": {
+            t: {"amax": a, "scale": a / 127.0, **({"min": stats[t].min, "max": stats[t].max} if t in stats else {})}
+            for t, a in amax.items()
+        },
+    }
+    result = CalibrationResult(
+        _save(qdq, out_dir / QDQ_ONNX), _save(cpu, out_dir / CPU_ONNX), cache_path,
+        write_json_atomic(out_dir / SCALES, scales_doc), out_dir / ACCURACY,
+        method, pct, int(provenance.get("images", 0)), amax, accuracy, candidates, ranking, float_layers, lint.to_dict(),
+    )
+    write_json_atomic(result.accuracy_path, {"method": method, "percentile": pct, "accuracy": accuracy, "auto_candidates": candidates,
+                                             "sensitivity": ranking, "float_layers": float_layers, "lint": result.lint})
+    return result
