@@ -17,7 +17,7 @@ from rescompile.cli import app
 from tests.conftest import files_under
 
 runner = CliRunner()
-COMMANDS = ["train", "export", "optimize", "inspect", "build", "compare", "models"]
+COMMANDS = ["train", "export", "optimize", "inspect", "calibrate", "build", "compare", "models"]
 
 
 def invoke(*args: str):
@@ -77,14 +77,28 @@ def test_build_from_checkpoint_writes_bundle_with_hashes(trained, tmp_path):
     assert res.exit_code == 0, res.stderr
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["spec"]["arch"] == "resnet20" and manifest["export"]["check"]["passed"]
-    assert set(manifest["files"]) == {"fp32_onnx", "optimized_onnx", "fusion_report"}
+    assert set(manifest["files"]) == {
+        "fp32_onnx", "optimized_onnx", "fusion_report", "qdq_onnx", "cpu_int8_onnx", "calibration_cache", "scales", "accuracy"
+    }
+    assert manifest["precision"] == "int8"
+    cal = manifest["calibration"]
+    assert cal["method"] == "entropy" and cal["images"] == 500 and cal["lint_passed"] and cal["trt_cache_version"] == "10.3.0"
+    assert cal["accuracy"]["int8_tensorrt_reference"]["top1_agreement"] >= 0.97
     assert manifest["optimize"]["residual_blocks"] == manifest["optimize"]["fusable_blocks"] == 9
     report = json.loads((tmp_path / "b" / "fusion_report.json").read_text())
     assert len(report["blocks"]) == 9
     for entry in manifest["files"].values():
         assert sha256_file(tmp_path / "b" / entry["path"]) == entry["sha256"]
     assert manifest["versions"]["torch"] and manifest["model"]["metrics"]["test_acc"] == pytest.approx(trained.test_acc)
-    assert "test top-1" in res.stdout
+    assert "test top-1" in res.stdout and "INT8 accuracy" in res.stdout and "lint: passes" in res.stdout
+
+
+def test_build_fp32_skips_calibration(trained, tmp_path):
+    res = invoke("build", trained.checkpoint, "-o", tmp_path / "b", "--precision", "fp32", "--json")
+    assert res.exit_code == 0, res.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["precision"] == "fp32" and manifest["calibration"] is None
+    assert set(manifest["files"]) == {"fp32_onnx", "optimized_onnx", "fusion_report"}
 
 
 def test_build_with_no_arguments_trains_default_once_then_reuses_it(home, monkeypatch):

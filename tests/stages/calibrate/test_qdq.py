@@ -1,0 +1,148 @@
+"""Q/DQ placement for TensorRT and the CPU INT8 model, on real ResNets."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from rescompile.stages.calibrate.accuracy import Evaluator, session
+from rescompile.stages.calibrate.calibrators import compute_amax
+from rescompile.stages.calibrate.collect import activation_tensors
+from rescompile.stages.calibrate.lint import lint_qdq
+from rescompile.stages.calibrate.qdq import qdq_for_cpu, qdq_for_tensorrt, quantizable_layers, quantize_weights
+from rescompile.stages.optimize.graph import Graph
+from rescompile.stages.optimize.residual import find_residual_blocks
+
+
+def unit_amax(model: onnx.ModelProto) -> dict[str, float]:
+    return {t: 4.0 for t in activation_tensors(model)}
+
+
+def producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def consts(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("which, adds", [("r20", 9), ("r18", 8)])
+def test_every_residual_add_has_qdq_on_exactly_its_skip_input(which, adds, request):
+    m = request.getfixturevalue(which)
+    blocks = find_residual_blocks(Graph(m.onnx))
+    assert len(blocks) == adds
+    q = qdq_for_tensorrt(m.onnx, unit_amax(m.onnx))
+    prod = producers(q)
+    add_nodes = {b.add: b for b in blocks}
+    seen = 0
+    for node in q.graph.node:
+        if node.op_type != "Add" or node.output[0] not in add_nodes:
+            continue
+        seen += 1
+        block = add_nodes[node.output[0]]
+        kinds = [prod[i].op_type for i in node.input]
+        assert sorted(kinds) == ["Conv", "DequantizeLinear"], (node.name, kinds)
+        dq = prod[node.input[kinds.index("DequantizeLinear")]]
+        quant = prod[dq.input[0]]
+        assert quant.op_type == "QuantizeLinear" and quant.input[0] == block.skip_input
+        branch = prod[node.input[kinds.index("Conv")]]
+        assert branch.output[0] == block.branch_input  # nothing between the branch's last Conv and the Add
+    assert seen == adds
+    report = lint_qdq(q)
+    assert report.passed, report.violations
+    assert report.residual_adds == adds
+
+
+@pytest.mark.parametrize("which", ["r20", "r18"])
+def test_every_conv_and_gemm_is_quantized_int8_symmetric(which, request):
+    m = request.getfixturevalue(which)
+    q = qdq_for_tensorrt(m.onnx, unit_amax(m.onnx))
+    prod, c = producers(q), consts(q)
+    layers = [n for n in q.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(layers) == len(quantizable_layers(m.onnx))
+    for layer in layers:
+        act, weight = prod[layer.input[0]], prod[layer.input[1]]
+        assert act.op_type == "DequantizeLinear" and prod[act.input[0]].op_type == "QuantizeLinear"
+        assert c[act.input[2]].dtype == np.int8 and c[act.input[2]] == 0 and c[act.input[1]].ndim == 0
+        assert weight.op_type == "DequantizeLinear"
+        wq, ws = c[weight.input[0]], c[weight.input[1]]
+        assert wq.dtype == np.int8 and np.abs(wq.astype(int)).max() <= 127
+        axis = next((a.i for a in weight.attribute if a.name == "axis"), 1)
+        assert ws.shape == (wq.shape[axis],)
+    # Float weights of quantized layers are gone: the Q/DQ file carries int8 weights.
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4 for t in q.graph.initializer)
+
+
+def test_quantize_weights_per_output_channel():
+    w = np.stack([np.full((2, 3, 3), 0.1), np.full((2, 3, 3), -10.0)]).astype(np.float32)
+    w[0, 0, 0, 0] = -0.2
+    q, scale = quantize_weights(w, 0)
+    np.testing.assert_allclose(scale, [0.2 / 127, 10.0 / 127], rtol=1e-6)
+    assert q[0, 0, 0, 0] == -127 and q[1].min() == -127 and q[0, 0, 0, 1] == 64
+    np.testing.assert_allclose(q * scale[:, None, None, None], w, atol=scale.max() / 2 + 1e-7)
+
+
+def test_one_set_of_scales_feeds_every_quantizer(r20, r20_stats):
+    amax = compute_amax(r20_stats, "entropy")
+    q = qdq_for_tensorrt(r20.onnx, amax)
+    c = consts(q)
+    for node in q.graph.node:
+        if node.op_type == "QuantizeLinear":
+            assert c[node.input[1]] == np.float32(amax[node.input[0]] / 127.0)
+
+
+def test_float_layers_are_left_unquantized(r20):
+    layers = quantizable_layers(r20.onnx)
+    keep = {layers[0], layers[-1]}
+    q = qdq_for_tensorrt(r20.onnx, unit_amax(r20.onnx), float_layers=keep)
+    prod = producers(q)
+    for node in q.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            quantized = prod.get(node.input[0]) is not None and prod[node.input[0]].op_type == "DequantizeLinear"
+            assert quantized == ((node.name or node.output[0]) not in keep)
+    assert lint_qdq(q, float_layers=keep).passed
+    assert not lint_qdq(q).passed  # without being told, the lint names them
+
+
+def test_trt_model_tracks_fp32_under_reference_semantics(r20, r20_stats, digits):
+    ev = Evaluator(r20.onnx, digits.test, r20.spec.preprocessing)
+    score = ev(qdq_for_tensorrt(r20.onnx, compute_amax(r20_stats, "percentile", 99.99)))
+    assert score.top1_agreement >= 0.98 and score.cosine > 0.999
+    # Broken scales are visible: an amax 100x too small everywhere ruins the logits.
+    tiny = {k: v / 100 for k, v in compute_amax(r20_stats, "max").items()}
+    assert ev(qdq_for_tensorrt(r20.onnx, tiny)).cosine < 0.99
+
+
+def test_cpu_model_runs_fast_kernels_and_tracks_fp32(r20, r20_stats, digits):
+    amax = compute_amax(r20_stats, "entropy")
+    tmin = {k: s.min for k, s in r20_stats.items()}
+    cpu = qdq_for_cpu(r20.onnx, amax, tmin, reduce_range=False)
+    c = consts(cpu)
+    relus = sum(n.op_type == "Relu" for n in cpu.graph.node)
+    assert relus == 0  # every ReLU folded into a uint8 clamp
+    zps = [c[n.input[2]] for n in cpu.graph.node if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.uint8 for z in zps)
+    biases = [c[n.input[0]] for n in cpu.graph.node if n.op_type == "DequantizeLinear" and c.get(n.input[0]) is not None
+              and c[n.input[0]].dtype == np.int32]
+    assert len(biases) == sum(n.op_type == "Conv" for n in cpu.graph.node)
+    ev = Evaluator(r20.onnx, digits.test, r20.spec.preprocessing)
+    score = ev(cpu, reference=False)
+    assert score.top1_agreement >= 0.98 and score.cosine > 0.999
+    # ONNX Runtime really fuses it into integer kernels (optimized graph has QLinearConv).
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(r20.path.parent / "cpu_optimized.onnx")
+    ort.InferenceSession(cpu.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(so.optimized_model_filepath)
+    assert sum(n.op_type == "QLinearConv" for n in optimized.graph.node) >= 19
+
+
+def test_reference_session_keeps_qdq_semantics(r20):
+    q = qdq_for_tensorrt(r20.onnx, unit_amax(r20.onnx))
+    s = session(q, reference=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert np.isfinite(s.run(None, {s.get_inputs()[0].name: x})[0]).all()
