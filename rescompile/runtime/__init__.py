@@ -1,0 +1,217 @@
+"""The runtime an edge app embeds: one ``load`` for bundles, engines, ONNX files and PyTorch models,
+and runners that share one lifecycle (load, infer/classify, close; context managers).
+
+    from rescompile import runtime
+    with runtime.load("out/resnet20-digits") as runner:   # TensorRT when it can run, else ONNX Runtime
+        print(runner.classify("seven.png", top_k=3))
+
+Importing this package loads no torch, onnxruntime or tensorrt: each runner imports its own
+library when it is created.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from rescompile import nvidia
+from rescompile.bundle import MANIFEST, BundleError, Manifest, read_manifest, verify
+from rescompile.errors import ConfigError, ModelError
+from rescompile.models.registry import ARCHITECTURES
+from rescompile.runtime.base import Prediction, Runner, RunnerError
+from rescompile.runtime.compat import RuntimeMismatchError, check_engine
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+ONNX_SUFFIXES = (".onnx",)
+# ONNX files to run on CPU when a bundle names no cpu_artifact (format 1), best first.
+CPU_FALLBACK_ROLES = ("cpu_int8_onnx", "optimized_onnx", "fp32_onnx")
+
+_RUNNERS = {
+    "OnnxRuntimeRunner": "rescompile.runtime.onnxruntime",
+    "TorchRunner": "rescompile.runtime.torch",
+    "TensorRTRunner": "rescompile.runtime.tensorrt",
+}
+
+__all__ = [
+    "BACKENDS", "BundleError", "Prediction", "Runner", "RunnerError", "RuntimeMismatchError", "check_engine", "load",
+    *_RUNNERS,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _RUNNERS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rescompile.runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    backend: str | None = None,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    verify_files: bool = True,
+) -> Runner:
+    """A runner for ``path``: a bundle directory (or its manifest.json), a TensorRT engine
+    (.engine/.plan), an ONNX file, a checkpoint/TorchScript file, or an architecture name.
+
+    ``backend`` forces "onnxruntime", "tensorrt" or "torch"; None picks TensorRT for a bundle
+    with an engine when TensorRT and an NVIDIA GPU are here, else ONNX Runtime on its CPU
+    artifact. ``providers``/``threads`` go to ONNX Runtime (threads also to PyTorch), ``device``
+    to PyTorch. ``verify_files`` checks the sha256 of the bundle file that will run.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}", f"Use one of: {', '.join(BACKENDS)}, or None to choose")
+    text = os.fspath(path)
+    p = Path(text).expanduser()
+    if p.is_dir() or (p.name == MANIFEST and p.is_file()):
+        return _load_bundle(read_manifest(p), backend, providers, threads, verify_files)
+    suffix = p.suffix.lower()
+    if suffix in ENGINE_SUFFIXES:
+        _require_backend(backend, "tensorrt", f"{p} is a TensorRT engine")
+        return _load_engine_file(p, verify_files)
+    if suffix in ONNX_SUFFIXES:
+        _require_backend(backend, "onnxruntime", f"{p} is an ONNX model (build a bundle with `rescompile build` for TensorRT)")
+        _require_file(p)
+        _chosen("onnxruntime", p, "an ONNX file")
+        return _onnxruntime_runner(p, None, providers, threads)
+    _require_backend(backend, "torch", f"{text} is a PyTorch model (a checkpoint, TorchScript or an architecture name)")
+    if not p.exists() and text.lower() not in ARCHITECTURES:  # say so before importing PyTorch
+        raise ModelError(
+            f"no such bundle, model file or architecture name: {text!r}",
+            f"Pass a bundle directory, a .engine/.onnx/.pt/.ts file, or one of: {', '.join(ARCHITECTURES)}",
+        )
+    _chosen("torch", text, "a PyTorch model source")
+    from rescompile.runtime.torch import TorchRunner
+
+    return TorchRunner(text, device=device, threads=threads)
+
+
+def _require_backend(backend: str | None, needed: str, what: str) -> None:
+    if backend is not None and backend != needed:
+        raise ConfigError(f"backend {backend!r} cannot run it: {what}", f'Use backend="{needed}" or leave backend unset')
+
+
+def _require_file(p: Path) -> None:
+    if not p.is_file():
+        raise ModelError(f"no such model file: {p}", "Check the path")
+
+
+def _chosen(backend: str, what: Any, why: str) -> None:
+    log.info("runtime: %s on %s (%s)", backend, what, why)
+
+
+def _onnxruntime_runner(p: Path, spec, providers, threads) -> Runner:
+    from rescompile.runtime.onnxruntime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(p, spec=spec, providers=providers, threads=threads)
+
+
+def _checked(manifest: Manifest, relative: str, what: str, verify_files: bool) -> Path:
+    """A path the manifest names, resolved inside the bundle and (when listed) sha256-checked."""
+    role = manifest.role_of(relative)
+    if role is None:
+        resolved = manifest.resolve(relative, what)
+        if verify_files:
+            log.warning("%s (%s) is not listed in the manifest's files: its checksum cannot be verified", relative, what)
+        return resolved
+    if verify_files:
+        verify(manifest, [role])
+    return manifest.file(role)
+
+
+def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files) -> Runner:
+    if backend == "torch":
+        model = manifest.doc.get("model")
+        source = model.get("source") if isinstance(model, dict) else None
+        raise ConfigError(
+            f"bundle {manifest.dir} holds ONNX and TensorRT files, which the PyTorch runner cannot run",
+            'Use backend="onnxruntime", or load the PyTorch model itself' + (f" ({source})" if source else ""),
+        )
+    engine = manifest.engine
+    if backend is None:
+        backend, why = _auto_backend(manifest)
+    else:
+        why = "asked for"
+    if backend == "tensorrt":
+        if engine is None:
+            raise BundleError(
+                f"bundle {manifest.dir} has no TensorRT engine",
+                f'Build one on the target with `rescompile build --from-bundle {manifest.dir}`, or use backend="onnxruntime"',
+            )
+        # Before touching the plan file: a mismatch message beats TensorRT's deserialization error.
+        check_engine(engine, nvidia.tensorrt_version(), nvidia.find_gpu(), bundle_dir=str(manifest.dir))
+        engine_path = _checked(manifest, engine["path"], "engine.path", verify_files)
+        _chosen("tensorrt", engine_path, why)
+        from rescompile.runtime.tensorrt import TensorRTRunner
+
+        output = (manifest.output or {}).get("name")
+        return TensorRTRunner(engine_path, spec=manifest.spec, engine_info=engine, bundle_dir=manifest.dir, output_name=output, check=False)
+    onnx_path, what = _cpu_file(manifest, verify_files)
+    _chosen("onnxruntime", onnx_path, f"{why}; running {what}")
+    return _onnxruntime_runner(onnx_path, manifest.spec, providers, threads)
+
+
+def _auto_backend(manifest: Manifest) -> tuple[str, str]:
+    if manifest.engine is None:
+        return "onnxruntime", "the bundle has no TensorRT engine"
+    trt_version = nvidia.tensorrt_version()
+    if trt_version is None:
+        return "onnxruntime", "the bundle has a TensorRT engine, but TensorRT is not installed"
+    gpu = nvidia.find_gpu()
+    if gpu is None:
+        return "onnxruntime", f"the bundle has a TensorRT engine and TensorRT {trt_version} is here, but no NVIDIA GPU"
+    return "tensorrt", f"the bundle has a TensorRT engine; TensorRT {trt_version} and {gpu.name} ({gpu.sm}) are here"
+
+
+def _cpu_file(manifest: Manifest, verify_files: bool) -> tuple[Path, str]:
+    artifact = manifest.cpu_artifact
+    if artifact is not None:
+        runtime = artifact.get("runtime", "onnxruntime")
+        if runtime != "onnxruntime":
+            raise BundleError(f"bundle {manifest.dir}: cpu_artifact is for runtime {runtime!r}, not onnxruntime", "Rebuild the bundle")
+        return _checked(manifest, artifact["path"], "cpu_artifact.path", verify_files), f"its CPU artifact ({artifact.get('precision', '?')})"
+    for role in CPU_FALLBACK_ROLES:
+        if manifest.has(role):
+            if verify_files:
+                verify(manifest, [role])
+            return manifest.file(role), f"its {role} file (the manifest names no cpu_artifact)"
+    raise BundleError(
+        f"bundle {manifest.dir} has no ONNX model that ONNX Runtime can run (none of {', '.join(CPU_FALLBACK_ROLES)})",
+        "Rebuild the bundle with `rescompile build`",
+    )
+
+
+def _load_engine_file(p: Path, verify_files: bool) -> Runner:
+    _require_file(p)
+    spec = engine_info = bundle_dir = output = None
+    beside = p.parent / MANIFEST
+    if beside.is_file():
+        manifest = read_manifest(p.parent)
+        engine = manifest.engine
+        if engine is not None and _names_file(manifest, engine["path"], p):
+            spec, engine_info, bundle_dir = manifest.spec, engine, manifest.dir
+            output = (manifest.output or {}).get("name")
+            if verify_files and manifest.role_of(engine["path"]) is not None:
+                verify(manifest, [manifest.role_of(engine["path"])])
+        else:
+            log.info("%s does not describe %s: running it without a compatibility check or spec", beside, p.name)
+    _chosen("tensorrt", p, "a TensorRT engine file" + (" with its bundle's manifest" if engine_info else ""))
+    from rescompile.runtime.tensorrt import TensorRTRunner
+
+    return TensorRTRunner(p, spec=spec, engine_info=engine_info, bundle_dir=bundle_dir, output_name=output)
+
+
+def _names_file(manifest: Manifest, relative: str, p: Path) -> bool:
+    try:
+        return manifest.resolve(relative, "engine.path") == p.resolve()
+    except BundleError:  # the manifest's engine is missing or unsafe: it does not describe p
+        return False

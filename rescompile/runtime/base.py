@@ -1,0 +1,170 @@
+"""The one interface every runner shares: load, infer, classify, close.
+
+Only numpy (and Pillow, for images) here: an edge app that runs the ONNX Runtime or TensorRT
+runner never imports PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rescompile.data.preprocess import as_rgb_uint8
+from rescompile.errors import RescompileError
+from rescompile.models.spec import ModelSpec
+
+
+class RunnerError(RescompileError):
+    """A runner used wrongly: a batch of the wrong shape or type, a closed runner, no spec."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    probability: float
+
+
+class Runner:
+    """Base class. Subclasses set ``backend`` and implement ``_run`` and ``_release``.
+
+    ``input_shape`` is (C, H, W) with None for dimensions the model leaves dynamic; it comes
+    from the model file and falls back to the spec, and every batch is checked against it.
+    """
+
+    backend: str = "?"
+
+    def __init__(
+        self,
+        *,
+        spec: ModelSpec | None,
+        source: str | Path,
+        input_name: str,
+        output_name: str,
+        input_shape: tuple[int | None, int | None, int | None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.source = str(source)
+        self.input_name = input_name
+        self.output_name = output_name
+        model_chw = tuple(input_shape) if input_shape is not None else (None, None, None)
+        spec_chw = spec.input_shape if spec is not None else (None, None, None)
+        # The model's own static dims win; the spec fills in what the model leaves dynamic.
+        self.input_shape = tuple(m if m is not None else s for m, s in zip(model_chw, spec_chw))
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release the model (and device memory). Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.backend} {self.source!r} ({state})>"
+
+    # -- inference ----------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 NCHW batch -> float32 logits (N, classes). NaN inputs pass through."""
+        if self._closed:
+            raise RunnerError(f"{self.backend} runner for {self.source} is closed", "Load the model again")
+        batch = self.check_batch(batch)
+        return np.asarray(self._run(batch), dtype=np.float32)
+
+    def check_batch(self, batch: Any) -> np.ndarray:
+        """The batch as a C-contiguous float32 array, or a RunnerError saying what is wrong."""
+        if not isinstance(batch, np.ndarray):
+            raise RunnerError(
+                f"infer() takes a numpy array, got {type(batch).__name__}",
+                "Pass np.asarray(batch, dtype=np.float32) of shape (N, C, H, W)",
+            )
+        if not np.issubdtype(batch.dtype, np.floating):
+            hint = "Use classify() for raw images, or apply runner.spec.preprocessing first" if batch.dtype == np.uint8 else \
+                "Convert it with batch.astype(np.float32)"
+            raise RunnerError(f"infer() takes a float32 batch, got {batch.dtype}", hint)
+        expected = "x".join("?" if d is None else str(d) for d in self.input_shape)
+        if batch.ndim != 4:
+            hint = "Add the batch axis: batch[None]" if batch.ndim == 3 else f"Pass an (N, {expected.replace('x', ', ')}) array"
+            raise RunnerError(f"infer() takes an N x {expected} (NCHW) batch, got shape {batch.shape}", hint)
+        if batch.shape[0] == 0:
+            raise RunnerError("infer() got an empty batch (N = 0)", "Pass at least one image")
+        c, h, w = self.input_shape
+        if c is not None and batch.shape[1] != c:
+            hint = "The batch looks NHWC: use batch.transpose(0, 3, 1, 2)" if batch.shape[3] == c else \
+                f"The model takes {c} channels"
+            raise RunnerError(f"infer() got {batch.shape[1]} channels in shape {batch.shape}, the model takes N x {expected}", hint)
+        if (h is not None and batch.shape[2] != h) or (w is not None and batch.shape[3] != w):
+            raise RunnerError(
+                f"infer() got images of {batch.shape[2]}x{batch.shape[3]}, the model takes N x {expected}",
+                "Resize with the model's preprocessing (runner.spec.preprocessing), or use classify()",
+            )
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def classify(self, image: Any, top_k: int = 5) -> list[Prediction]:
+        """Top-``top_k`` predictions for one image (HxWx3 uint8 array, PIL image or file path),
+        preprocessed exactly as the model's spec says; probabilities are a softmax of the logits."""
+        if self.spec is None:
+            raise RunnerError(
+                f"{self.source} carries no model spec, so its preprocessing and labels are unknown",
+                "Use infer() on a preprocessed batch, or load a bundle or an ONNX file exported by rescompile",
+            )
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise RunnerError(f"top_k must be a positive integer, got {top_k!r}", "Pass top_k=1 or more")
+        batch = self.spec.preprocessing(read_image(image))
+        logits = self.infer(batch)[0].astype(np.float64)
+        probs = softmax(logits)
+        k = min(top_k, probs.shape[0])
+        order = np.argsort(-probs, kind="stable")[:k]
+        return [Prediction(int(i), self.spec.label(int(i)), float(probs[i])) for i in order]
+
+    # -- for subclasses -----------------------------------------------------------------
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - np.max(logits)
+    exp = np.exp(shifted)
+    return exp / exp.sum()
+
+
+def read_image(image: Any) -> np.ndarray:
+    """An HxWx3 uint8 array from an array, a PIL image or an image file path."""
+    if isinstance(image, (str, os.PathLike)):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(image) as img:
+                return np.asarray(img.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise RunnerError(f"cannot read image {image} ({exc.__class__.__name__})", "Pass a PNG/JPEG file or an array") from exc
+    if isinstance(image, np.ndarray):
+        try:
+            return as_rgb_uint8(image)
+        except RescompileError as exc:
+            raise RunnerError(f"classify() cannot use this array: {exc.message}", "Pass one HxWx3 uint8 RGB image") from exc
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL to check
+        return np.asarray(image.convert("RGB"))
+    raise RunnerError(
+        f"classify() takes an image array, a PIL image or a path, got {type(image).__name__}",
+        "Pass one HxWx3 uint8 RGB image",
+    )
