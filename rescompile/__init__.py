@@ -27,6 +27,11 @@ _API = {
     "train": "rescompile.train",
     "onnx_from_torch": "rescompile.stages.export",
     "build": "rescompile.pipeline",
+    "build_from_bundle": "rescompile.pipeline",
+    "CalibConfig": "rescompile.config",
+    "EngineConfig": "rescompile.config",
+    "Precision": "rescompile.config",
+    "read_manifest": "rescompile.bundle",
     "default_model": "rescompile.pipeline",
     "compare_architectures": "rescompile.compare",
 }

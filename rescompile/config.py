@@ -109,7 +109,44 @@ class ExportConfig:
 
 class Precision(str, Enum):
     fp32 = "fp32"
-    int8 = "int8"
+    fp16 = "fp16"
+    int8 = "int8"  # with FP16 allowed for layers that have no INT8 kernel
+    best = "best"  # int8 + fp16, TensorRT picks the fastest per layer
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self in (Precision.int8, Precision.best)
+
+
+class Int8Source(str, Enum):
+    auto = "auto"  # the Q/DQ ONNX (explicit quantization), the only path on TensorRT 11
+    qdq = "qdq"
+    cache = "cache"  # TensorRT 10 implicit INT8 from calibration.cache (deprecated there, gone in 11)
+
+
+class HardwareCompat(str, Enum):
+    none = "none"  # the engine runs on GPUs of the building GPU's compute capability only
+    ampere_plus = "ampere+"  # any GPU of compute capability >= 8.0 (some speed lost)
+    same_cc = "same-cc"  # any GPU of the same compute capability (newer TensorRT 10 releases and 11)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """TensorRT builder options (see TensorRT's developer guide, "Optimization Profiles",
+    "Timing Cache", "Hardware Compatibility", "Working with DLA")."""
+
+    int8_source: Int8Source = Int8Source.auto
+    min_batch: int = 1
+    opt_batch: int = 8  # the batch the kernels are tuned for
+    max_batch: int = 32
+    workspace_mib: int | None = None  # None: TensorRT's default (the device's memory)
+    optimization_level: int | None = None  # builder optimization level 0-5; None: TensorRT's default (3)
+    timing_cache: Path | None = None  # None: timing.cache in the bundle, loaded when present, saved after
+    dla_core: int | None = None  # Jetson DLA core; layers DLA cannot run fall back to the GPU
+    gpu_fallback: bool = True
+    hardware_compatibility: HardwareCompat = HardwareCompat.none
+    version_compatible: bool = False  # engine runs on later TensorRT versions of the same major (lean runtime)
+    target_trt_version: str | None = None  # plan for this TensorRT when none is installed here (manifest only)
 
 
 class CalibMethod(str, Enum):
@@ -152,6 +189,7 @@ class BuildConfig:
     calib: CalibConfig = field(default_factory=CalibConfig)
     calib_data: DataConfig | None = None  # None: the model's own training data, when known
     eval_data: DataConfig | None = None  # None: the test split of the model's own data
+    engine: EngineConfig = field(default_factory=EngineConfig)
     device: str = "auto"
     # Used when the source carries no metadata (plain state dicts, TorchScript, bare ONNX):
     arch: str | None = None

@@ -15,17 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from rescompile import __version__
-from rescompile._io import atomic_path, sha256_file, write_json_atomic
+from rescompile.bundle import MANIFEST
+from rescompile._io import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
 from rescompile.config import (
-    DEFAULT_ARCH, DEFAULT_DATASET, BuildConfig, CalibConfig, DataConfig, Precision, TrainConfig, rescompile_home,
-    sample_calibration_dir,
+    DEFAULT_ARCH, DEFAULT_DATASET, INPUT_NAME, OUTPUT_NAME, BuildConfig, DataConfig, EngineConfig, Precision, TrainConfig,
+    rescompile_home,
 )
-from rescompile.data.datasets import load_dataset
-from rescompile.data.images import ArrayImages, ImageSet, concat
-from rescompile.errors import ConfigError, DataError
 from rescompile.models.spec import ModelSpec
-from rescompile.stages.calibrate.cache import CacheError, CalibrationCache, check_cache_for, read_cache
-from rescompile.stages.calibrate.stage import CalibrationResult, calibrate, check_image_count
+from rescompile.stages.build import (
+    ENGINE, ENGINE_LAYERS, TIMING_CACHE, EnginePlan, EngineResult, Target, build_target, engine_from_onnx, node_names_by_output,
+    plan_engine, read_blocks,
+)
+from rescompile.stages.calibrate.inputs import (  # noqa: F401  (re-exported: the pipeline's API)
+    Int8Inputs, calibrate_model, calibration_images, check_calibration_images, evaluation_images, int8_inputs,
+)
+from rescompile.stages.calibrate.stage import CalibrationResult
 from rescompile.models.load import LoadedModel, load_model
 from rescompile.stages.export import ExportResult, onnx_from_torch
 from rescompile.stages.optimize import OptimizeResult, optimize_onnx
@@ -33,10 +37,11 @@ from rescompile.versions import library_versions, machine
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 2  # what rescompile.bundle reads
 FP32_ONNX = "model_fp32.onnx"
 OPTIMIZED_ONNX = "model_opt.onnx"
+FP16_ONNX = "model_fp16.onnx"
+LABELS = "labels.txt"
 FUSION_REPORT = "fusion_report.json"
 # The embedded default's training recipe: reaches >= 97% test accuracy on digits in
 # about two minutes on 2 CPU cores (benchmarks/train_digits.py measures it).
@@ -70,100 +75,9 @@ class BuildResult:
     optimize: OptimizeResult
     calibration: CalibrationResult | None = None
     files: dict[str, Path] = field(default_factory=dict)
-
-
-_NAMED = ("digits", "cifar10", "cifar-10")
-
-
-def calibration_images(spec: ModelSpec, data: DataConfig | None) -> tuple[ImageSet, str]:
-    """Images to calibrate on: the train split of a named dataset, or all of a folder/array.
-
-    With no data given and a digits model: the repository's calibration/digits sample folder
-    (real train-split digits as PNG files), else the digits train split itself.
-    """
-    if data is None:
-        if spec.dataset != "digits":
-            raise ConfigError(
-                "INT8 needs calibration data, and the model does not say which data it was trained on",
-                "Pass --calib-data (an image folder, digits, cifar10 or .npy/.npz), or use --precision fp32",
-            )
-        sample = sample_calibration_dir()
-        data = DataConfig(str(sample) if sample else "digits")
-    splits = load_dataset(data)
-    if data.dataset in _NAMED or (Path(data.dataset) / "train").is_dir():
-        return splits.train, data.dataset
-    return concat([splits.train, splits.val, splits.test]), data.dataset
-
-
-def evaluation_images(spec: ModelSpec, data: DataConfig | None, calib: DataConfig | None) -> tuple[ImageSet | None, ImageSet | None]:
-    """(held-out val, test) labelled images for accuracy; (None, None) when there are none."""
-    if data is None:
-        if spec.dataset == "digits":
-            data = DataConfig("digits")
-        elif calib is not None and calib.dataset in _NAMED:
-            data = calib
-        else:
-            log.warning("no labelled evaluation data: INT8 accuracy is not measured (pass --eval-data)")
-            return None, None
-    splits = load_dataset(data)
-    if splits.test.labels is None:
-        log.warning("evaluation data %s has no labels: reporting agreement with FP32 only", data.dataset)
-    if calib is not None and calib.dataset == data.dataset and data.dataset not in _NAMED:
-        log.warning("evaluating on %s, which also provided the calibration images: accuracy may be optimistic", data.dataset)
-    return splits.val, splits.test
-
-
-@dataclass
-class Int8Inputs:
-    """Everything the INT8 stage reads from outside, loaded and checked before anything is written."""
-
-    images: ImageSet | None  # calibration images (None when scales come from a cache)
-    name: str  # where the images came from (provenance)
-    val: ImageSet | None  # labelled held-out split (--method auto, sensitivity)
-    test: ImageSet | None  # labelled split for the FP32-vs-INT8 accuracy check
-    cache: CalibrationCache | None = None
-
-
-def check_calibration_images(images: ImageSet, spec: ModelSpec, source: str) -> None:
-    """Arrays are taken as already sized: one whose images are not the model's size is a mistake."""
-    if isinstance(images, ArrayImages) and spec.preprocessing.resize is None and images.array.shape[1:3] != (spec.input_size,) * 2:
-        h, w = images.array.shape[1:3]
-        raise DataError(
-            f"{source} holds {h}x{w} images but the model takes {spec.input_size}x{spec.input_size}",
-            "Resize the arrays to the model's input size, or pass an image folder (resized by the model's preprocessing)",
-        )
-
-
-def int8_inputs(
-    spec: ModelSpec, calib: CalibConfig, calib_data: DataConfig | None, eval_data: DataConfig | None, from_cache: Path | None = None,
-) -> Int8Inputs:
-    """Load calibration and evaluation data (or the cache) for the INT8 stage; raise on bad input."""
-    cache = None
-    images, name = None, ""
-    if from_cache is not None:
-        cache = read_cache(from_cache)
-        try:  # the Q/DQ model does not depend on the tag, but the cache re-written here will carry ours
-            check_cache_for(cache, trt_version=calib.trt_version, tensor_names=None)
-        except CacheError as exc:
-            log.warning("%s; the cache written here is tagged for TensorRT %s", exc, calib.trt_version)
-    else:
-        images, name = calibration_images(spec, calib_data)
-        check_calibration_images(images, spec, name)
-        check_image_count(len(images), calib)
-    val, test = evaluation_images(spec, eval_data, calib_data)
-    return Int8Inputs(images, name, val, test, cache)
-
-
-def calibrate_model(
-    fp32: Path, spec: ModelSpec, out: Path, calib: CalibConfig, inputs: Int8Inputs, on_progress: Any = None,
-) -> CalibrationResult:
-    """The INT8 stage on an optimized FP32 ONNX file."""
-    import onnx
-
-    return calibrate(
-        onnx.load(str(fp32)), spec, out, images=inputs.images, config=calib, eval_test=inputs.test, eval_val=inputs.val,
-        from_cache=inputs.cache, data_name=inputs.name, on_progress=on_progress,
-    )
+    engine: EngineResult | None = None
+    plan: EnginePlan | None = None
+    target: Target | None = None
 
 
 def prepare_fp32(model: LoadedModel, out: Path) -> Path:
@@ -201,12 +115,15 @@ def build(
     stage("model")
     model = resolve_source(config, train_callback)
     inputs = None
-    if config.precision == Precision.int8:  # bad data fails here, before the bundle is touched
+    if config.precision.needs_calibration:  # bad data fails here, before the bundle is touched
         inputs = int8_inputs(model.spec, config.calib, config.calib_data, config.eval_data)
+    _check_engine_options(config)
     out = Path(config.output_dir) if config.output_dir else default_output_dir(model)
     out.mkdir(parents=True, exist_ok=True)
-    # A stale manifest would describe files this build is about to replace.
-    (out / MANIFEST).unlink(missing_ok=True)
+    # A stale manifest would describe files this build is about to replace; a stale engine
+    # would sit beside a bundle that no longer describes it.
+    for stale in (MANIFEST, ENGINE, ENGINE_LAYERS):
+        (out / stale).unlink(missing_ok=True)
 
     stage("export")
     fp32 = out / FP32_ONNX
@@ -220,7 +137,7 @@ def build(
     stage("optimize")
     optimized = optimize_onnx(fp32, out / OPTIMIZED_ONNX)
     report = write_json_atomic(out / FUSION_REPORT, optimized.report.to_dict())
-    files = {"fp32_onnx": fp32, "optimized_onnx": optimized.path, "fusion_report": report}
+    files = {"fp32_onnx": fp32, "optimized_onnx": optimized.path, "fusion_report": report, "labels": write_labels(out, model.spec)}
 
     calibration = None
     if inputs is not None:
@@ -230,23 +147,93 @@ def build(
             "qdq_onnx": calibration.qdq_path, "cpu_int8_onnx": calibration.cpu_path, "calibration_cache": calibration.cache_path,
             "scales": calibration.scales_path, "accuracy": calibration.accuracy_path,
         })
+    if config.precision == Precision.fp16:
+        files["fp16_onnx"] = write_fp16(optimized.path, out / FP16_ONNX)
+
+    stage("build")
+    engine, plan, target = build_engine_into(out, config.precision, model.spec, files, config.engine, config.calib.trt_version)
+    if engine is not None:
+        files.update(engine_files(engine))
 
     stage("manifest")
-    manifest = write_manifest(out, model, files, export_result, optimized, calibration, config)
-    return BuildResult(out, manifest, model, export_result, optimized, calibration, files)
+    doc = manifest_doc(model, files, export_result, optimized, calibration, config.precision, engine, plan, target)
+    manifest = write_manifest(out, doc, files)
+    return BuildResult(out, manifest, model, export_result, optimized, calibration, files, engine, plan, target)
 
 
-def write_manifest(
-    out: Path, model: LoadedModel, files: dict[str, Path], export: ExportResult | None, optimized: OptimizeResult,
-    calibration: CalibrationResult | None, config: BuildConfig,
-) -> Path:
-    doc = {
+def _check_engine_options(config: BuildConfig) -> None:
+    """Option errors surface before any work (the plan is checked again for the real target)."""
+    c, h, w = 3, 8, 8
+    dummy = {role: Path(role) for role in ("optimized_onnx", "qdq_onnx", "fp16_onnx", "calibration_cache")}
+    plan_engine(config.precision, config.engine.target_trt_version or config.calib.trt_version, dummy, "input", (c, h, w), config.engine)
+
+
+def write_labels(out: Path, spec: ModelSpec) -> Path:
+    labels = [spec.label(i) for i in range(spec.num_classes)]
+    return write_bytes_atomic(out / LABELS, ("\n".join(labels) + "\n").encode())
+
+
+def write_fp16(optimized: Path, target: Path) -> Path:
+    import onnx
+
+    from rescompile.stages.build.fp16 import fp16_from_fp32
+
+    half = fp16_from_fp32(onnx.load(str(optimized)))
+    with atomic_path(target) as tmp:
+        onnx.save(half, str(tmp))
+    return target
+
+
+def build_engine_into(
+    out: Path, precision: Precision, spec: ModelSpec, files: dict[str, Path], cfg: EngineConfig, cache_version: str,
+) -> tuple[EngineResult | None, EnginePlan | None, Target]:
+    """Build the engine where TensorRT and a GPU are present; otherwise say so and return the plan
+    the target will use (for the manifest)."""
+    target = build_target()
+    cfg = replace(cfg, timing_cache=cfg.timing_cache or out / TIMING_CACHE)
+    if not target.can_build:
+        log.info("%s", target.explanation)
+        version = cfg.target_trt_version or cache_version
+        plan = plan_engine(precision, version, files, INPUT_NAME, spec.input_shape, cfg)
+        return None, plan, target
+    plan = plan_engine(precision, target.trt_version, files, INPUT_NAME, spec.input_shape, cfg)
+    log.warning("%s", plan.reason)
+    engine = engine_from_onnx(
+        plan, out, blocks=read_blocks(files["fusion_report"]), node_names=node_names_by_output(files["optimized_onnx"])
+    )
+    return engine, plan, target
+
+
+def engine_files(engine: EngineResult) -> dict[str, Path]:
+    files = {"engine": engine.path}
+    if engine.layers_path is not None:
+        files["engine_layers"] = engine.layers_path
+    if engine.timing_cache is not None and engine.timing_cache.parent == engine.path.parent:
+        files["timing_cache"] = engine.timing_cache
+    return files
+
+
+def cpu_artifact(files: dict[str, Path], precision: Precision) -> dict[str, Any]:
+    if "cpu_int8_onnx" in files:
+        return {"path": files["cpu_int8_onnx"].name, "runtime": "onnxruntime", "precision": "int8"}
+    return {"path": files["optimized_onnx"].name, "runtime": "onnxruntime", "precision": "fp32"}
+
+
+def manifest_doc(
+    model: LoadedModel, files: dict[str, Path], export: ExportResult | None, optimized: OptimizeResult,
+    calibration: CalibrationResult | None, precision: Precision, engine: EngineResult | None, plan: EnginePlan | None,
+    target: Target,
+) -> dict[str, Any]:
+    spec = model.spec
+    doc: dict[str, Any] = {
         "format": "rescompile.bundle",
         "format_version": MANIFEST_FORMAT_VERSION,
         "rescompile_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"source": model.source, "kind": model.kind, "metrics": model.metrics or {}},
-        "spec": model.spec.to_dict(),
+        "spec": spec.to_dict(),
+        "input": {"name": INPUT_NAME, "shape": ["batch", *spec.input_shape], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", spec.num_classes], "dtype": "float32"},
         "export": export.to_dict() if export else None,
         "optimize": {
             "rewrites": optimized.report.rewrites,
@@ -256,18 +243,99 @@ def write_manifest(
             "nodes_before_after": [optimized.report.nodes_before, optimized.report.nodes_after],
             "max_abs_diff": optimized.check.max_abs_diff if optimized.check else None,
         },
-        "precision": config.precision.value,
-        "calibration": None if calibration is None else {
-            "method": calibration.method, "percentile": calibration.percentile, "images": calibration.images,
-            "trt_cache_version": config.calib.trt_version, "float_layers": calibration.float_layers,
-            "accuracy": calibration.accuracy, "lint_passed": calibration.lint.get("passed"),
-        },
-        "files": {
-            role: {"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size} for role, p in files.items()
-        },
+        "precision": precision.value,
+        "calibration": None if calibration is None else calibration_summary(calibration),
+        "engine": None if engine is None else engine_summary(engine, target),
+        "engine_plan": None if plan is None else plan.to_dict(),
+        "cpu_artifact": cpu_artifact(files, precision),
         "versions": library_versions(),
         "machine": machine(),
+        "nvidia": {"tensorrt": target.trt_version, "gpu": target.gpu.to_dict() if target.gpu else None},
     }
     if doc["export"]:
         doc["export"]["path"] = Path(doc["export"]["path"]).name
+    return doc
+
+
+def calibration_summary(calibration: CalibrationResult) -> dict[str, Any]:
+    import json
+
+    provenance = json.loads(calibration.scales_path.read_text()).get("provenance", {})
+    return {
+        "method": calibration.method, "percentile": calibration.percentile, "images": calibration.images,
+        "trt_cache_version": calibration.cache_version, "float_layers": calibration.float_layers,
+        "accuracy": calibration.accuracy, "lint_passed": calibration.lint.get("passed"), "provenance": provenance,
+    }
+
+
+def engine_summary(engine: EngineResult, target: Target) -> dict[str, Any]:
+    plan = engine.plan
+    return {
+        "path": engine.path.name, "tensorrt_version": plan.trt_version, "precision": plan.precision.value,
+        "int8_source": plan.int8_source, "strongly_typed": plan.strongly_typed, "built_from": plan.onnx_role,
+        "gpu": target.gpu.to_dict() if target.gpu else None, "dla_core": plan.dla_core,
+        "hardware_compatibility": plan.hardware_compatibility, "version_compatible": plan.version_compatible,
+        "profiles": [plan.profile], "build_seconds": round(engine.build_seconds, 2), "bytes": engine.bytes,
+        "report": engine.report.to_dict() if engine.report else None, "reason": plan.reason,
+    }
+
+
+def write_manifest(out: Path, doc: dict[str, Any], files: dict[str, Path]) -> Path:
+    """Hash every file and write manifest.json last, atomically: a manifest never names a
+    missing or partial file."""
+    doc = dict(doc)
+    doc["files"] = {role: {"path": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size} for role, p in files.items()}
     return write_json_atomic(out / MANIFEST, doc)
+
+
+@dataclass
+class RebuildResult:
+    output_dir: Path
+    manifest: Path
+    engine: EngineResult
+    plan: EnginePlan
+    target: Target
+
+
+def build_from_bundle(
+    bundle_dir: Path, cfg: EngineConfig = EngineConfig(), precision: Precision | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RebuildResult:
+    """Rebuild the engine of an existing bundle on this machine (a Jetson, a GPU server) from its
+    Q/DQ ONNX or calibration cache. Needs TensorRT and a GPU; never PyTorch."""
+    from rescompile.bundle import read_manifest, verify
+    from rescompile.errors import MissingDependencyError
+
+    stage = on_stage or (lambda _name: None)
+    stage("bundle")
+    manifest = read_manifest(bundle_dir)
+    precision = precision or Precision(manifest.precision or "fp32")
+    wanted = [r for r in ("optimized_onnx", "qdq_onnx", "fp16_onnx", "calibration_cache", "fusion_report") if manifest.has(r)]
+    verify(manifest, wanted)
+    target = build_target()
+    if not target.can_build:
+        raise MissingDependencyError(
+            f"--from-bundle builds a TensorRT engine, but there is {target.explanation.split(' here')[0]} here",
+            "Run it on the NVIDIA machine (Jetson or GPU server) that will run the engine",
+        )
+    files = {role: manifest.file(role) for role in manifest.files}
+    if precision == Precision.fp16 and "fp16_onnx" not in files:
+        files["fp16_onnx"] = write_fp16(files["optimized_onnx"], manifest.dir / FP16_ONNX)
+    cfg = replace(cfg, timing_cache=cfg.timing_cache or manifest.dir / TIMING_CACHE)
+    stage("build")
+    plan = plan_engine(precision, target.trt_version, files, INPUT_NAME, manifest.spec.input_shape, cfg)
+    log.warning("%s", plan.reason)
+    engine = engine_from_onnx(
+        plan, manifest.dir, blocks=read_blocks(files["fusion_report"]) if "fusion_report" in files else [],
+        node_names=node_names_by_output(files["optimized_onnx"]),
+    )
+    files.update(engine_files(engine))
+    stage("manifest")
+    doc = dict(manifest.doc)
+    doc.update({
+        "precision": precision.value, "engine": engine_summary(engine, target), "engine_plan": plan.to_dict(),
+        "nvidia": {"tensorrt": target.trt_version, "gpu": target.gpu.to_dict() if target.gpu else None},
+        "rebuilt": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    path = write_manifest(manifest.dir, doc, files)
+    return RebuildResult(manifest.dir, path, engine, plan, target)

@@ -73,3 +73,13 @@ def write_cifar_bin(root: Path, n: int = 12, seed: int = 0) -> Path:
 
 def files_under(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()} if path.exists() else set()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`trt` tests need TensorRT and a GPU, `gpu` tests need CUDA: skip them where absent."""
+    from rescompile import nvidia
+
+    has_trt = nvidia.tensorrt_version() is not None and nvidia.find_gpu() is not None
+    for item in items:
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and an NVIDIA GPU"))

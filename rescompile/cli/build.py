@@ -15,15 +15,28 @@ from rescompile.cli.calibrate import (
     calib_config, data_config, print_calibration,
 )
 from rescompile.cli.export import ArchOpt, ClassesOpt, SizeOpt
-from rescompile.config import Precision
+from rescompile.config import EngineConfig, HardwareCompat, Int8Source, Precision
+from rescompile.errors import ConfigError
+
+
+MinBatch = Annotated[int, typer.Option(min=1, help="Engine optimization profile: smallest batch.")]
+OptBatch = Annotated[int, typer.Option(min=1, help="Engine optimization profile: the batch kernels are tuned for.")]
+MaxBatch = Annotated[int, typer.Option(min=1, help="Engine optimization profile: largest batch.")]
+E = EngineConfig()
+
+
+def engine_config(**kw) -> EngineConfig:
+    kw["timing_cache"] = kw.pop("timing_cache")
+    return EngineConfig(**kw)
 
 
 @app.command(
     epilog=(
         "Examples:\n\n"
-        "  rescompile build                                (the embedded default: ResNet-20 on digits)\n\n"
-        "  rescompile build runs/resnet20-digits/best.pt -o out/resnet20\n\n"
-        "  rescompile build model.onnx -o out/model"
+        "  rescompile build                                (the embedded default: ResNet-20 on digits, INT8)\n\n"
+        "  rescompile build runs/resnet20-digits/best.pt -o out/resnet20 --precision int8\n\n"
+        "  rescompile build model.onnx --calib-data images/ --max-batch 64 -o out/model\n\n"
+        "  rescompile build --from-bundle out/resnet20     (on the Jetson: rebuild the engine, no PyTorch)"
     )
 )
 @guarded
@@ -35,7 +48,18 @@ def build(
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Bundle directory [default: <home>/builds/<model>].")
     ] = None,
-    precision: Annotated[Precision, typer.Option(case_sensitive=False, help="fp32 | int8 (calibrated on real images).")] = Precision.int8,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(
+            case_sensitive=False,
+            help="fp32 | fp16 | int8 (calibrated; FP16 fallback) | best (int8 + fp16) [default: int8; with --from-bundle: the bundle's].",
+            show_default=False,
+        ),
+    ] = None,
+    from_bundle: Annotated[
+        Path | None,
+        typer.Option(file_okay=False, help="Rebuild the TensorRT engine of an existing bundle here (Jetson), from its Q/DQ ONNX or cache."),
+    ] = None,
     calib_data: CalibData = None,
     data_dir: DataDirOpt = None,
     eval_data: EvalData = None,
@@ -46,21 +70,56 @@ def build(
     trt_version: TrtVersion = C.trt_version,
     max_accuracy_drop: MaxDrop = None,
     sensitivity: Sensitivity = False,
+    int8_source: Annotated[
+        Int8Source, typer.Option(case_sensitive=False, help="TensorRT 10: qdq (explicit, default) or cache (implicit INT8 from calibration.cache).")
+    ] = E.int8_source,
+    min_batch: MinBatch = E.min_batch,
+    opt_batch: OptBatch = E.opt_batch,
+    max_batch: MaxBatch = E.max_batch,
+    workspace_mib: Annotated[int | None, typer.Option(min=1, help="Builder workspace limit in MiB [default: TensorRT's].")] = None,
+    opt_level: Annotated[int | None, typer.Option(min=0, max=5, help="Builder optimization level 0-5 [default: TensorRT's, 3].")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(dir_okay=False, help="Timing cache to load and save [default: timing.cache in the bundle].")] = None,
+    dla_core: Annotated[int | None, typer.Option(min=0, help="Jetson: run on this DLA core (FP16/INT8).")] = None,
+    gpu_fallback: Annotated[bool, typer.Option(help="DLA: layers it cannot run go to the GPU.")] = E.gpu_fallback,
+    hardware_compat: Annotated[
+        HardwareCompat, typer.Option(case_sensitive=False, help="none | ampere+ (any sm >= 80) | same-cc (any GPU of this compute capability).")
+    ] = E.hardware_compatibility,
+    version_compatible: Annotated[bool, typer.Option(help="Engine runs on later TensorRT releases of the same major version.")] = False,
     arch: ArchOpt = None,
     num_classes: ClassesOpt = None,
     input_size: SizeOpt = None,
     json_out: Json = False,
 ) -> None:
-    """Compile a model into a bundle: export -> optimize -> INT8 calibration, with a manifest."""
+    """Compile a model into a bundle: export -> optimize -> INT8 calibration -> TensorRT engine
+    (or the CPU artifact where there is no NVIDIA GPU), with a manifest."""
     from rescompile.config import BuildConfig
+
+    engine = engine_config(
+        int8_source=int8_source, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mib=workspace_mib,
+        optimization_level=opt_level, timing_cache=timing_cache, dla_core=dla_core, gpu_fallback=gpu_fallback,
+        hardware_compatibility=hardware_compat, version_compatible=version_compatible,
+    )
+    stage = (lambda name: None) if json_out else (lambda name: err.print(f"[dim]>> {name}[/dim]"))
+    if from_bundle is not None:
+        if model is not None:
+            raise ConfigError("give either a MODEL or --from-bundle, not both", "Drop one of them")
+        from rescompile.pipeline import build_from_bundle
+
+        rebuilt = build_from_bundle(from_bundle, engine, precision, on_stage=stage)
+        if json_out:
+            print_json({"output_dir": str(rebuilt.output_dir), "engine": str(rebuilt.engine.path), "plan": rebuilt.plan.to_dict(),
+                        "report": rebuilt.engine.report.to_dict() if rebuilt.engine.report else None})
+            return
+        print_engine(rebuilt.engine)
+        out.print(f"bundle: {rebuilt.output_dir}")
+        return
     from rescompile.pipeline import build as run_build
 
     config = BuildConfig(
-        source=model, output_dir=output_dir, arch=arch, num_classes=num_classes, input_size=input_size, precision=precision,
+        source=model, output_dir=output_dir, arch=arch, num_classes=num_classes, input_size=input_size, precision=precision or Precision.int8,
         calib=calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity),
-        calib_data=data_config(calib_data, data_dir), eval_data=data_config(eval_data, data_dir),
+        calib_data=data_config(calib_data, data_dir), eval_data=data_config(eval_data, data_dir), engine=engine,
     )
-    stage = (lambda name: None) if json_out else (lambda name: err.print(f"[dim]>> {name}[/dim]"))
     with StepProgress(enabled=not json_out) as progress:
         result = run_build(
             config, train_callback=None if json_out else TrainProgress("default model"), on_stage=stage, on_progress=progress
@@ -76,6 +135,9 @@ def build(
             "method": result.calibration.method, "images": result.calibration.images, "accuracy": result.calibration.accuracy,
             "lint": result.calibration.lint,
         },
+        "engine": None if result.engine is None else {"path": str(result.engine.path), "plan": result.engine.plan.to_dict()},
+        "engine_plan": None if result.plan is None else result.plan.to_dict(),
+        "target": result.target.explanation if result.target else None,
     }
     if json_out:
         print_json(summary)
@@ -101,6 +163,11 @@ def build(
         table.add_row("calibration cache", cal.cache_path.name, f"TensorRT {config.calib.trt_version} implicit INT8 (JetPack)")
         table.add_row("CPU INT8 ONNX", cal.cpu_path.name, "ONNX Runtime, uint8 activations")
         table.add_row("scales.json", cal.scales_path.name, f"{cal.method}, {cal.images} images")
+    if "fp16_onnx" in result.files:
+        table.add_row("FP16 ONNX", result.files["fp16_onnx"].name, "TensorRT 11 strongly typed FP16")
+    if result.engine is not None:
+        table.add_row("TensorRT engine", result.engine.path.name, result.engine.plan.reason)
+    table.add_row("labels", result.files["labels"].name, f"{spec.num_classes} class names")
     table.add_row("manifest", result.manifest.name, f"{spec.arch}, {spec.num_classes} classes, input {spec.input_size}x{spec.input_size}")
     out.print(table)
     if cal is not None:
@@ -108,4 +175,36 @@ def build(
     metrics = result.model.metrics or {}
     if "test_acc" in metrics:
         out.print(f"model test top-1: {metrics['test_acc']:.2%} on {metrics.get('test_images', '?')} held-out images")
+    if result.engine is not None:
+        print_engine(result.engine)
+    elif result.target is not None:
+        out.print(f"[yellow]{result.target.explanation}[/yellow]")
+        if result.plan is not None:
+            out.print(f"on the target: {result.plan.reason}")
     out.print(f"bundle: {result.output_dir}")
+    next_steps(result)
+
+
+def print_engine(engine) -> None:
+    plan = engine.plan
+    out.print(f"engine: {engine.path.name}, {engine.bytes / 2**20:.1f} MiB, built in {engine.build_seconds:.1f} s ({plan.reason})")
+    rep = engine.report
+    if rep is None:
+        return
+    table = Table(title=f"engine layers: {rep.layers} ({', '.join(f'{k} {v}' for k, v in sorted(rep.by_precision.items()))})")
+    for col in ("residual block", "convs INT8", "Add fused into Conv"):
+        table.add_column(col)
+    for b in rep.blocks:
+        table.add_row(b.name, f"{b.int8_convs}/{b.convs}", "yes" if b.add_fused else "[red]no[/red]")
+    out.print(table)
+    if rep.blocks and rep.fused_adds < len(rep.blocks):
+        out.print(f"[yellow]{len(rep.blocks) - rep.fused_adds} residual Add(s) did not fuse: see engine_layers.json[/yellow]")
+
+
+def next_steps(result) -> None:
+    d = result.output_dir
+    lines = ["next:"]
+    if result.engine is None:
+        lines.append(f"  on the Jetson / GPU machine (after copying the bundle there):  rescompile build --from-bundle {d}")
+    lines.append(f"  in your app:  rescompile.runtime.load('{d}').classify(image)")
+    out.print("\n".join(lines))

@@ -78,7 +78,8 @@ def test_build_from_checkpoint_writes_bundle_with_hashes(trained, tmp_path):
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["spec"]["arch"] == "resnet20" and manifest["export"]["check"]["passed"]
     assert set(manifest["files"]) == {
-        "fp32_onnx", "optimized_onnx", "fusion_report", "qdq_onnx", "cpu_int8_onnx", "calibration_cache", "scales", "accuracy"
+        "fp32_onnx", "optimized_onnx", "fusion_report", "labels", "qdq_onnx", "cpu_int8_onnx", "calibration_cache", "scales",
+        "accuracy",
     }
     assert manifest["precision"] == "int8"
     cal = manifest["calibration"]
@@ -98,7 +99,8 @@ def test_build_fp32_skips_calibration(trained, tmp_path):
     assert res.exit_code == 0, res.stderr
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["precision"] == "fp32" and manifest["calibration"] is None
-    assert set(manifest["files"]) == {"fp32_onnx", "optimized_onnx", "fusion_report"}
+    assert set(manifest["files"]) == {"fp32_onnx", "optimized_onnx", "fusion_report", "labels"}
+    assert manifest["cpu_artifact"] == {"path": "model_opt.onnx", "runtime": "onnxruntime", "precision": "fp32"}
 
 
 def test_build_with_no_arguments_trains_default_once_then_reuses_it(home, monkeypatch):

@@ -53,6 +53,7 @@ class CalibrationResult:
     sensitivity: list[dict[str, Any]] = field(default_factory=list)
     float_layers: list[str] = field(default_factory=list)
     lint: dict[str, Any] = field(default_factory=dict)
+    cache_version: str = ""  # the TensorRT version calibration.cache is tagged for
 
 
 def check_image_count(n: int, config: CalibConfig) -> None:
@@ -247,6 +248,7 @@ def calibrate(
         _save(qdq, out_dir / QDQ_ONNX), _save(cpu, out_dir / CPU_ONNX), cache_path,
         write_json_atomic(out_dir / SCALES, scales_doc), out_dir / ACCURACY,
         method, pct, int(provenance.get("images", 0)), amax, accuracy, candidates, ranking, float_layers, lint.to_dict(),
+        config.trt_version,
     )
     write_json_atomic(result.accuracy_path, {"method": method, "percentile": pct, "accuracy": accuracy, "auto_candidates": candidates,
                                              "sensitivity": ranking, "float_layers": float_layers, "lint": result.lint})

@@ -1,0 +1,88 @@
+"""rescompile predict"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from rescompile.cli import app
+from rescompile.cli._common import Json, guarded, out, print_json
+from rescompile.errors import ConfigError, DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to the image files under them (sorted)."""
+    found: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            inside = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise DataError(f"folder {p} holds no image files", "Pass image files or a folder of PNG/JPEG images")
+            found.extend(inside)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"no such image file or folder: {p}", "Check the path")
+    return found
+
+
+def default_bundle() -> Path:
+    from rescompile.config import DEFAULT_ARCH, DEFAULT_DATASET, rescompile_home
+
+    return rescompile_home() / "builds" / f"{DEFAULT_ARCH}-{DEFAULT_DATASET}"
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  rescompile predict seven.png                     (with the default build's bundle)\n\n"
+        "  rescompile predict photos/ --bundle out/resnet18 --top-k 3\n\n"
+        "  rescompile predict img.png --bundle out/resnet18 --backend onnxruntime --json"
+    )
+)
+@guarded
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files, or folders of them.", show_default=False)],
+    bundle: Annotated[
+        str | None,
+        typer.Option("--bundle", "-b", help="Bundle directory, .engine, .onnx or checkpoint [default: the default build's bundle]."),
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
+    backend: Annotated[str | None, typer.Option(help="onnxruntime | tensorrt | torch [default: TensorRT when it can run, else ONNX Runtime].")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for ONNX Runtime / PyTorch.")] = None,
+    json_out: Json = False,
+) -> None:
+    """Classify images with a bundle (or engine, ONNX file, checkpoint) through rescompile's runtime."""
+    from rescompile import runtime
+
+    files = image_files(images)
+    source = Path(bundle) if bundle else default_bundle()
+    if bundle is None and not source.exists():
+        raise ConfigError(f"no bundle at {source}", "Run `rescompile build` first, or pass --bundle DIR")
+    with runtime.load(source, backend=backend, threads=threads) as runner:
+        results = [(f, runner.classify(f, top_k=top_k)) for f in files]
+        used = f"{runner.backend} on {Path(str(runner.source)).name}"
+    if json_out:
+        print_json({
+            "runner": used,
+            "predictions": [
+                {"image": str(f), "top": [{"index": p.index, "label": p.label, "probability": p.probability} for p in preds]}
+                for f, preds in results
+            ],
+        })
+        return
+    table = Table(title=f"predictions ({used})")
+    table.add_column("image")
+    table.add_column("class")
+    table.add_column("probability", justify="right")
+    table.add_column(f"top-{top_k}")
+    for f, preds in results:
+        best = preds[0]
+        rest = ", ".join(f"{p.label} {p.probability:.1%}" for p in preds)
+        table.add_row(f.name, best.label, f"{best.probability:.2%}", rest)
+    out.print(table)
