@@ -1,0 +1,158 @@
+"""Engine plans for TensorRT 10 and 11, and the Polygraphy chain built from them without TensorRT."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from rescompile.config import EngineConfig, HardwareCompat, Int8Source, Precision
+from rescompile.errors import ConfigError, MissingDependencyError
+from rescompile.stages.build.loaders import build_engine_bytes, loader_chain
+from rescompile.stages.build.plan import plan_engine
+
+FILES = {r: Path(f"/bundle/{r}.x") for r in ("optimized_onnx", "qdq_onnx", "fp16_onnx", "calibration_cache")}
+CHW = (3, 32, 32)
+
+
+def plan(precision, version, **cfg):
+    return plan_engine(precision, version, FILES, "input", CHW, EngineConfig(**cfg))
+
+
+@pytest.mark.parametrize(
+    "precision, version, role, typed, fp16, int8, source",
+    [
+        (Precision.fp32, "10.3.0", "optimized_onnx", False, False, False, "none"),
+        (Precision.fp16, "10.3.0", "optimized_onnx", False, True, False, "none"),
+        (Precision.int8, "10.3.0", "qdq_onnx", False, True, True, "qdq"),
+        (Precision.best, "10.3.0", "qdq_onnx", False, True, True, "qdq"),
+        (Precision.fp32, "11.0.0", "optimized_onnx", True, False, False, "none"),
+        (Precision.fp16, "11.0.0", "fp16_onnx", True, False, False, "none"),
+        (Precision.int8, "11.0.0", "qdq_onnx", True, False, False, "qdq"),
+    ],
+)
+def test_plans_for_both_tensorrt_worlds(precision, version, role, typed, fp16, int8, source):
+    p = plan(precision, version)
+    assert (p.onnx_role, p.strongly_typed, p.fp16, p.int8, p.int8_source) == (role, typed, fp16, int8, source)
+    assert p.onnx_path == FILES[role] and p.reason.startswith(f"TensorRT {version}:")
+    assert p.profile == {"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}
+
+
+def test_cache_path_on_tensorrt_10_and_not_on_11():
+    p = plan(Precision.int8, "10.3.0", int8_source=Int8Source.cache)
+    assert p.onnx_role == "optimized_onnx" and p.cache_path == FILES["calibration_cache"] and p.int8 and p.fp16
+    assert "calibration cache" in p.reason
+    with pytest.raises(ConfigError, match="no calibration-cache path"):
+        plan(Precision.int8, "11.1.0", int8_source=Int8Source.cache)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_batch": 4, "opt_batch": 2}, "min <= opt <= max"),
+        ({"opt_batch": 64, "max_batch": 32}, "min <= opt <= max"),
+        ({"dla_core": 0}, "DLA runs FP16 and INT8 only"),
+        ({"optimization_level": 9}, "0-5"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        plan(Precision.fp32, "10.3.0", **kwargs)
+
+
+def test_old_tensorrt_and_missing_files():
+    with pytest.raises(ConfigError, match="TensorRT 8.6.1 is not supported"):
+        plan(Precision.fp32, "8.6.1")
+    with pytest.raises(ConfigError, match="no Q/DQ ONNX"):
+        plan_engine(Precision.int8, "10.3.0", {"optimized_onnx": Path("m.onnx")}, "input", CHW)
+
+
+def test_chain_carries_every_option_to_the_builder(tmp_path):
+    timing = tmp_path / "timing.cache"
+    timing.write_bytes(b"x")
+    p = plan(Precision.int8, "10.3.0", min_batch=2, opt_batch=4, max_batch=16, optimization_level=5, workspace_mib=256,
+             timing_cache=timing)
+    chain = loader_chain(p)
+    assert chain.network.path == str(FILES["qdq_onnx"]) and chain.network.strongly_typed is False
+    cc = chain.create_config
+    assert (cc.fp16, cc.int8, cc.tf32, cc.builder_optimization_level) == (True, True, False, 5)
+    shapes = cc.profiles[0]["input"]
+    assert (tuple(shapes.min), tuple(shapes.opt), tuple(shapes.max)) == ((2, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32))
+    assert cc.timing_cache_path == str(timing) and chain.engine_bytes.timing_cache_path == str(timing)
+    typed = loader_chain(plan(Precision.int8, "11.0.0"))
+    assert typed.network.strongly_typed is True and typed.create_config.int8 is False
+
+
+class FakeConfig:
+    def __init__(self):
+        self.flags, self.limits = set(), {}
+        self.int8_calibrator = None
+        self.DLA_core = -1
+
+    def set_memory_pool_limit(self, pool, size):
+        self.limits[pool] = size
+
+    def set_flag(self, flag):
+        self.flags.add(flag)
+
+
+def fake_trt():
+    trt = types.ModuleType("tensorrt")
+    trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    trt.HardwareCompatibilityLevel = types.SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_CC")
+    trt.DeviceType = types.SimpleNamespace(DLA="DLA")
+    trt.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK="GPU_FALLBACK")
+
+    class Base:
+        def __init__(self):
+            pass
+
+    for name in ("IInt8EntropyCalibrator2", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator"):
+        setattr(trt, name, type(name, (Base,), {}))
+    return trt
+
+
+def test_settings_applied_at_build_time(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt())
+    p = plan(Precision.int8, "10.3.0", workspace_mib=64, dla_core=1, hardware_compatibility=HardwareCompat.none,
+             int8_source=Int8Source.cache)
+    chain = loader_chain(p, cache_text=b"TRT-100300-MinMaxCalibration\ninput: 3c010a14\n", algorithm="MinMaxCalibration")
+    config = FakeConfig()
+    chain.settings(None, None, config)
+    assert config.profiling_verbosity == "DETAILED" and config.limits == {"WORKSPACE": 64 << 20}
+    assert config.DLA_core == 1 and config.default_device_type == "DLA" and "GPU_FALLBACK" in config.flags
+    cal = config.int8_calibrator
+    assert type(cal).__mro__[1].__name__ == "IInt8MinMaxCalibrator"
+    assert cal.read_calibration_cache().startswith(b"TRT-100300-MinMaxCalibration") and cal.get_batch(["input"]) is None
+    ampere = FakeConfig()
+    loader_chain(plan(Precision.fp16, "10.8.0", hardware_compatibility=HardwareCompat.ampere_plus)).settings(None, None, ampere)
+    assert ampere.hardware_compatibility_level == "AMPERE_PLUS" and ampere.int8_calibrator is None
+
+
+def test_building_without_tensorrt_is_a_clear_error():
+    chain = loader_chain(plan(Precision.fp32, "10.3.0"))
+    with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
+        build_engine_bytes(chain)
+
+
+def test_fp16_copy_keeps_float32_io_and_tracks_fp32(tmp_path):
+    import onnxruntime as ort
+
+    from rescompile.models.load import load_model
+    from rescompile.pipeline import prepare_fp32
+    from rescompile.stages.build.fp16 import fp16_from_fp32
+
+    path = prepare_fp32(load_model("resnet20"), tmp_path)
+    fp32 = onnx.load(str(path))
+    half = fp16_from_fp32(fp32)
+    onnx.checker.check_model(half)
+    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer if t.data_type != onnx.TensorProto.INT64)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    a = ort.InferenceSession(fp32.SerializeToString()).run(None, {"input": x})[0]
+    b = ort.InferenceSession(half.SerializeToString()).run(None, {"input": x})[0]
+    assert b.dtype == np.float32 and np.abs(a - b).max() <= 2e-2 * max(1.0, np.abs(a).max())
