@@ -190,8 +190,30 @@ class BuildConfig:
     calib_data: DataConfig | None = None  # None: the model's own training data, when known
     eval_data: DataConfig | None = None  # None: the test split of the model's own data
     engine: EngineConfig = field(default_factory=EngineConfig)
+    bench: bool = True  # end with a quick `rescompile bench` (batch 1 and 8) of the bundle
     device: str = "auto"
     # Used when the source carries no metadata (plain state dicts, TorchScript, bare ONNX):
     arch: str | None = None
     num_classes: int | None = None
     input_size: int | None = None
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """rescompile bench: latency and accuracy of a bundle's backends against FP32 PyTorch eager."""
+
+    bundle: Path | None = None  # None: the default build's bundle
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    threads: int | None = None  # CPU threads for PyTorch and ONNX Runtime; None: all cores
+    device: str = "auto"  # auto | cpu | cuda: where PyTorch runs (TensorRT always on the GPU)
+    backends: tuple[str, ...] | None = None  # None: every backend this machine can run
+    channels_last: bool = False  # also PyTorch eager in channels_last
+    compile: bool = False  # also torch.compile
+    eval_data: DataConfig | None = None  # None: the model's own test split, when known
+    max_eval_images: int = 1000
+    warmup_s: float = 1.0
+    min_runs: int = 20
+    max_runs: int = 1000
+    max_s: float = 5.0
+    output_dir: Path | None = None  # None: <bundle>/bench
+    extra_onnx: tuple[tuple[str, str, Path], ...] = ()  # (key, display name, path): more ORT models to compare

@@ -18,7 +18,7 @@ from rescompile import __version__
 from rescompile.bundle import MANIFEST
 from rescompile._io import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
 from rescompile.config import (
-    DEFAULT_ARCH, DEFAULT_DATASET, INPUT_NAME, OUTPUT_NAME, BuildConfig, DataConfig, EngineConfig, Precision, TrainConfig,
+    DEFAULT_ARCH, DEFAULT_DATASET, INPUT_NAME, OUTPUT_NAME, BenchConfig, BuildConfig, DataConfig, EngineConfig, Precision, TrainConfig,
     rescompile_home,
 )
 from rescompile.models.spec import ModelSpec
@@ -42,6 +42,8 @@ FP32_ONNX = "model_fp32.onnx"
 OPTIMIZED_ONNX = "model_opt.onnx"
 FP16_ONNX = "model_fp16.onnx"
 LABELS = "labels.txt"
+CHECKPOINT = "model.pt"
+TORCHSCRIPT = "model.ts"
 FUSION_REPORT = "fusion_report.json"
 # The embedded default's training recipe: reaches >= 97% test accuracy on digits in
 # about two minutes on 2 CPU cores (benchmarks/train_digits.py measures it).
@@ -78,6 +80,7 @@ class BuildResult:
     engine: EngineResult | None = None
     plan: EnginePlan | None = None
     target: Target | None = None
+    bench: Any = None  # rescompile.bench.BenchReport of the closing benchmark
 
 
 def prepare_fp32(model: LoadedModel, out: Path) -> Path:
@@ -138,6 +141,7 @@ def build(
     optimized = optimize_onnx(fp32, out / OPTIMIZED_ONNX)
     report = write_json_atomic(out / FUSION_REPORT, optimized.report.to_dict())
     files = {"fp32_onnx": fp32, "optimized_onnx": optimized.path, "fusion_report": report, "labels": write_labels(out, model.spec)}
+    files.update(write_torch_model(out, model))
 
     calibration = None
     if inputs is not None:
@@ -158,7 +162,27 @@ def build(
     stage("manifest")
     doc = manifest_doc(model, files, export_result, optimized, calibration, config.precision, engine, plan, target)
     manifest = write_manifest(out, doc, files)
-    return BuildResult(out, manifest, model, export_result, optimized, calibration, files, engine, plan, target)
+    result = BuildResult(out, manifest, model, export_result, optimized, calibration, files, engine, plan, target)
+    if config.bench:
+        stage("bench")
+        result.bench = quick_bench(out, on_progress)
+    return result
+
+
+# The build's closing benchmark: enough runs for a stable median, a few seconds per backend.
+QUICK_BENCH = BenchConfig(batch_sizes=(1, 8), warmup_s=0.5, min_runs=10, max_s=1.0, max_eval_images=500)
+
+
+def quick_bench(bundle: Path, on_progress: Any = None):
+    """`rescompile bench` on the new bundle; a failure here never undoes a complete bundle."""
+    from rescompile.bench import run_bench
+    from rescompile.errors import RescompileError
+
+    try:
+        return run_bench(replace(QUICK_BENCH, bundle=bundle), on_progress=on_progress)
+    except (RescompileError, RuntimeError, MemoryError) as exc:
+        log.warning("the bundle is complete, but its benchmark failed: %s (run `rescompile bench %s`)", exc, bundle)
+        return None
 
 
 def _check_engine_options(config: BuildConfig) -> None:
@@ -166,6 +190,21 @@ def _check_engine_options(config: BuildConfig) -> None:
     c, h, w = 3, 8, 8
     dummy = {role: Path(role) for role in ("optimized_onnx", "qdq_onnx", "fp16_onnx", "calibration_cache")}
     plan_engine(config.precision, config.engine.target_trt_version or config.calib.trt_version, dummy, "input", (c, h, w), config.engine)
+
+
+def write_torch_model(out: Path, model: LoadedModel) -> dict[str, Path]:
+    """The FP32 PyTorch model inside the bundle: the benchmark's reference runs the very same weights."""
+    if model.module is None:
+        return {}
+    if model.kind == "torchscript":
+        import torch
+
+        with atomic_path(out / TORCHSCRIPT) as tmp:
+            torch.jit.save(model.module, str(tmp))
+        return {"torchscript": out / TORCHSCRIPT}
+    from rescompile.models.checkpoint import save_checkpoint
+
+    return {"checkpoint": save_checkpoint(out / CHECKPOINT, model.module.state_dict(), model.spec, metrics=model.metrics)}
 
 
 def write_labels(out: Path, spec: ModelSpec) -> Path:

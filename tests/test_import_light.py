@@ -50,7 +50,7 @@ def test_cli_help_works_without_optional_deps_and_without_torch():
         """
     )
     assert res.returncode == 0, res.stderr
-    for command in ("train", "export", "optimize", "inspect", "build", "compare", "models"):
+    for command in ("train", "export", "optimize", "inspect", "calibrate", "build", "bench", "predict", "compare", "models"):
         assert command in res.stdout
 
 

@@ -85,6 +85,7 @@ def build(
         HardwareCompat, typer.Option(case_sensitive=False, help="none | ampere+ (any sm >= 80) | same-cc (any GPU of this compute capability).")
     ] = E.hardware_compatibility,
     version_compatible: Annotated[bool, typer.Option(help="Engine runs on later TensorRT releases of the same major version.")] = False,
+    bench: Annotated[bool, typer.Option(help="End with a quick benchmark against FP32 PyTorch (batch 1 and 8).")] = True,
     arch: ArchOpt = None,
     num_classes: ClassesOpt = None,
     input_size: SizeOpt = None,
@@ -119,6 +120,7 @@ def build(
         source=model, output_dir=output_dir, arch=arch, num_classes=num_classes, input_size=input_size, precision=precision or Precision.int8,
         calib=calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity),
         calib_data=data_config(calib_data, data_dir), eval_data=data_config(eval_data, data_dir), engine=engine,
+        bench=bench,
     )
     with StepProgress(enabled=not json_out) as progress:
         result = run_build(
@@ -138,6 +140,10 @@ def build(
         "engine": None if result.engine is None else {"path": str(result.engine.path), "plan": result.engine.plan.to_dict()},
         "engine_plan": None if result.plan is None else result.plan.to_dict(),
         "target": result.target.explanation if result.target else None,
+        "bench": None if result.bench is None else {
+            "verdict": result.bench.verdict, "warnings": result.bench.warnings,
+            "report": str(result.bench.files.get("markdown")), "measurements": [m.to_dict(False) for m in result.bench.measurements],
+        },
     }
     if json_out:
         print_json(summary)
@@ -181,6 +187,10 @@ def build(
         out.print(f"[yellow]{result.target.explanation}[/yellow]")
         if result.plan is not None:
             out.print(f"on the target: {result.plan.reason}")
+    if result.bench is not None:
+        from rescompile.cli.bench import print_report
+
+        print_report(result.bench)
     out.print(f"bundle: {result.output_dir}")
     next_steps(result)
 

@@ -17,7 +17,7 @@ FAST = ("--num-images", "64")
 @pytest.fixture(scope="module")
 def int8_bundle(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "b"
-    res = invoke("build", trained.checkpoint, "-o", out, *FAST, "--max-batch", "64", "--opt-batch", "16")
+    res = invoke("build", "--no-bench", trained.checkpoint, "-o", out, *FAST, "--max-batch", "64", "--opt-batch", "16")
     assert res.exit_code == 0, res.stderr
     return out, res
 
@@ -42,7 +42,7 @@ def test_int8_bundle_is_complete_and_self_describing(int8_bundle, trained):
 
 def test_fp16_bundle_has_an_fp16_onnx(trained, tmp_path):
     out = tmp_path / "b"
-    res = invoke("build", trained.checkpoint, "-o", out, "--precision", "fp16", "--json")
+    res = invoke("build", "--no-bench", trained.checkpoint, "-o", out, "--precision", "fp16", "--json")
     assert res.exit_code == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["calibration"] is None and "fp16_onnx" in data["files"]
@@ -54,24 +54,24 @@ def test_fp16_bundle_has_an_fp16_onnx(trained, tmp_path):
 def test_from_bundle_needs_tensorrt_and_leaves_the_bundle_as_it_was(int8_bundle):
     out, _ = int8_bundle
     before = (out / "manifest.json").read_bytes()
-    one_line_error(invoke("build", "--from-bundle", out), "--from-bundle builds a TensorRT engine")
+    one_line_error(invoke("build", "--no-bench", "--from-bundle", out), "--from-bundle builds a TensorRT engine")
     assert (out / "manifest.json").read_bytes() == before
 
 
 def test_bad_engine_options_fail_before_anything_is_written(trained, tmp_path):
     out = tmp_path / "b"
-    one_line_error(invoke("build", trained.checkpoint, "-o", out, "--min-batch", "8", "--opt-batch", "4"), "min <= opt <= max")
+    one_line_error(invoke("build", "--no-bench", trained.checkpoint, "-o", out, "--min-batch", "8", "--opt-batch", "4"), "min <= opt <= max")
     one_line_error(
-        invoke("build", trained.checkpoint, "-o", out, "--int8-source", "cache", "--trt-version", "11.0.0"), "no calibration-cache path"
+        invoke("build", "--no-bench", trained.checkpoint, "-o", out, "--int8-source", "cache", "--trt-version", "11.0.0"), "no calibration-cache path"
     )
-    one_line_error(invoke("build", trained.checkpoint, "-o", out, "--precision", "fp32", "--dla-core", "0"), "DLA runs FP16 and INT8")
-    one_line_error(invoke("build", trained.checkpoint, "--from-bundle", tmp_path), "either a MODEL or --from-bundle")
-    one_line_error(invoke("build", "--from-bundle", tmp_path / "nowhere"), "no bundle directory")
+    one_line_error(invoke("build", "--no-bench", trained.checkpoint, "-o", out, "--precision", "fp32", "--dla-core", "0"), "DLA runs FP16 and INT8")
+    one_line_error(invoke("build", "--no-bench", trained.checkpoint, "--from-bundle", tmp_path), "either a MODEL or --from-bundle")
+    one_line_error(invoke("build", "--no-bench", "--from-bundle", tmp_path / "nowhere"), "no bundle directory")
     assert files_under(out) == set()
 
 
 def test_cache_source_plan_for_jetson(trained, tmp_path):
-    res = invoke("build", trained.checkpoint, "-o", tmp_path, *FAST, "--int8-source", "cache", "--json")
+    res = invoke("build", "--no-bench", trained.checkpoint, "-o", tmp_path, *FAST, "--int8-source", "cache", "--json")
     assert res.exit_code == 0, res.stderr
     plan = json.loads(res.stdout)["engine_plan"]
     assert plan["int8_source"] == "cache" and plan["cache_path"] == "calibration.cache" and plan["onnx_role"] == "optimized_onnx"
@@ -87,13 +87,13 @@ def test_real_engine_build_and_rebuild(trained, tmp_path, precision):
     from rescompile import runtime
 
     out = tmp_path / "b"
-    res = invoke("build", trained.checkpoint, "-o", out, "--precision", precision, *FAST)
+    res = invoke("build", "--no-bench", trained.checkpoint, "-o", out, "--precision", precision, *FAST)
     assert res.exit_code == 0, res.stderr
     m = read_manifest(out)
     assert m.engine is not None and m.engine["precision"] == precision and m.engine["report"]["residual_blocks"] == 9
     if precision == "int8":
         assert m.engine["report"]["fused_adds"] == 9
-    assert invoke("build", "--from-bundle", out).exit_code == 0
+    assert invoke("build", "--no-bench", "--from-bundle", out).exit_code == 0
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     with runtime.load(out, backend="tensorrt") as trt_runner, runtime.load(out, backend="onnxruntime") as ort_runner:
         assert (trt_runner.infer(x).argmax(1) == ort_runner.infer(x).argmax(1)).mean() >= 0.75
@@ -119,14 +119,14 @@ def test_an_interrupted_build_leaves_no_manifest(trained, tmp_path, monkeypatch)
     import rescompile.pipeline as pipeline
 
     out = tmp_path / "b"
-    assert invoke("build", trained.checkpoint, "-o", out, "--precision", "fp32").exit_code == 0
+    assert invoke("build", "--no-bench", trained.checkpoint, "-o", out, "--precision", "fp32").exit_code == 0
     assert (out / "manifest.json").exists()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "calibrate_model", interrupted)
-    res = invoke("build", trained.checkpoint, "-o", out, *FAST)
+    res = invoke("build", "--no-bench", trained.checkpoint, "-o", out, *FAST)
     assert res.exit_code == 130 and "interrupted" in res.stderr
     # the old manifest would describe files this build was replacing: it is gone, not stale
     assert not (out / "manifest.json").exists()

@@ -102,7 +102,7 @@ def test_unreadable_files_are_skipped_with_a_count(trained, tmp_path):
 
 def test_int8_without_calibration_data_says_how_to_fix_it(tmp_path):
     out = tmp_path / "b"
-    res = invoke("build", "resnet18", "--num-classes", "10", "--input-size", "32", "-o", out)
+    res = invoke("build", "--no-bench", "resnet18", "--num-classes", "10", "--input-size", "32", "-o", out)
     assert res.exit_code != 0
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]  # (after a warning on random weights)
     assert len(errors) == 1 and "INT8 needs calibration data" in errors[0] and "--calib-data" in errors[0]
@@ -111,7 +111,7 @@ def test_int8_without_calibration_data_says_how_to_fix_it(tmp_path):
 
 def test_build_int8_with_auto_and_max_drop(trained, tmp_path):
     out = tmp_path / "b"
-    res = invoke("build", trained.checkpoint, "-o", out, "--method", "auto", "--max-accuracy-drop", "0.5", *FAST, "--json")
+    res = invoke("build", "--no-bench", trained.checkpoint, "-o", out, "--method", "auto", "--max-accuracy-drop", "0.5", *FAST, "--json")
     assert res.exit_code == 0, res.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["calibration"]["method"] in {"entropy", "percentile", "mse", "max"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,7 +18,7 @@ from rescompile.cli import app
 from tests.conftest import files_under
 
 runner = CliRunner()
-COMMANDS = ["train", "export", "optimize", "inspect", "calibrate", "build", "compare", "models"]
+COMMANDS = ["train", "export", "optimize", "inspect", "calibrate", "build", "bench", "predict", "compare", "models"]
 
 
 def invoke(*args: str):
@@ -73,12 +74,12 @@ def test_export_checkpoint_to_onnx(trained, tmp_path):
 
 
 def test_build_from_checkpoint_writes_bundle_with_hashes(trained, tmp_path):
-    res = invoke("build", trained.checkpoint, "-o", tmp_path / "b")
+    res = invoke("build", "--no-bench", trained.checkpoint, "-o", tmp_path / "b")
     assert res.exit_code == 0, res.stderr
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["spec"]["arch"] == "resnet20" and manifest["export"]["check"]["passed"]
     assert set(manifest["files"]) == {
-        "fp32_onnx", "optimized_onnx", "fusion_report", "labels", "qdq_onnx", "cpu_int8_onnx", "calibration_cache", "scales",
+        "fp32_onnx", "optimized_onnx", "fusion_report", "labels", "checkpoint", "qdq_onnx", "cpu_int8_onnx", "calibration_cache", "scales",
         "accuracy",
     }
     assert manifest["precision"] == "int8"
@@ -95,11 +96,11 @@ def test_build_from_checkpoint_writes_bundle_with_hashes(trained, tmp_path):
 
 
 def test_build_fp32_skips_calibration(trained, tmp_path):
-    res = invoke("build", trained.checkpoint, "-o", tmp_path / "b", "--precision", "fp32", "--json")
+    res = invoke("build", "--no-bench", trained.checkpoint, "-o", tmp_path / "b", "--precision", "fp32", "--json")
     assert res.exit_code == 0, res.stderr
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["precision"] == "fp32" and manifest["calibration"] is None
-    assert set(manifest["files"]) == {"fp32_onnx", "optimized_onnx", "fusion_report", "labels"}
+    assert set(manifest["files"]) == {"fp32_onnx", "optimized_onnx", "fusion_report", "labels", "checkpoint"}
     assert manifest["cpu_artifact"] == {"path": "model_opt.onnx", "runtime": "onnxruntime", "precision": "fp32"}
 
 
@@ -112,12 +113,16 @@ def test_build_with_no_arguments_trains_default_once_then_reuses_it(home, monkey
     bundle = home / "builds" / "resnet20-digits"
     assert (bundle / "manifest.json").exists() and (bundle / "model_fp32.onnx").exists()
     assert pipeline.default_model_path().exists()
+    # ...and ends with the benchmark against FP32 PyTorch
+    text = " ".join(res.stdout.split())
+    assert (bundle / "bench" / "report.md").exists()
+    assert re.search(r"is \d+\.\dx (faster|slower) than PyTorch FP32 eager at batch 1 with [+-]\d+\.\d points top-1", text), text
 
     def no_training(*a, **k):
         raise AssertionError("the cached default model must be reused")
 
     monkeypatch.setattr("rescompile.train.train", no_training)
-    assert invoke("build", "--json").exit_code == 0
+    assert invoke("build", "--no-bench", "--json").exit_code == 0
 
 
 def test_compare_prints_both_accuracies_and_plots(tmp_path):
@@ -134,13 +139,13 @@ def test_compare_prints_both_accuracies_and_plots(tmp_path):
 def test_bad_inputs_one_line_errors_and_nothing_written(trained, tmp_path):
     out = tmp_path / "out"
     one_line_error(invoke("export", "nope.pt", "-o", out / "x.onnx"), "no such model file")
-    one_line_error(invoke("build", "resnet21", "-o", out), "no such model file or architecture name")
+    one_line_error(invoke("build", "--no-bench", "resnet21", "-o", out), "no such model file or architecture name")
     one_line_error(invoke("train", "--arch", "resnet21", "-o", out), "unknown architecture 'resnet21'")
     one_line_error(invoke("export", trained.checkpoint, "--arch", "resnet56", "-o", out / "x.onnx"), "not resnet56")
     (tmp_path / "empty" / "a").mkdir(parents=True)
     one_line_error(invoke("train", "--dataset", tmp_path / "empty", "-o", out), "holds no readable images")
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
-    one_line_error(invoke("build", tmp_path / "bad.onnx", "-o", out), "not a readable ONNX model")
+    one_line_error(invoke("build", "--no-bench", tmp_path / "bad.onnx", "-o", out), "not a readable ONNX model")
     assert files_under(out) == set()
 
 
@@ -151,7 +156,7 @@ def test_unknown_choice_is_a_usage_error():
 
 def test_real_subprocess(trained, tmp_path):
     exe = [sys.executable, "-m", "rescompile"]
-    ok = subprocess.run([*exe, "build", str(trained.checkpoint), "-o", str(tmp_path / "b"), "--json"], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run([*exe, "build", "--no-bench", str(trained.checkpoint), "-o", str(tmp_path / "b"), "--json"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["manifest"].endswith("manifest.json")
     bad = subprocess.run([*exe, "export", "missing.pt", "-o", str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=120)

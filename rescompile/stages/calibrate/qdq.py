@@ -175,11 +175,12 @@ def qdq_for_cpu(
 
 
 def _quantize_biases(g: Graph, weight_scales: dict[str, np.ndarray], act_scale: dict[str, float]) -> None:
-    """Conv biases as int32 with scale = input scale * weight scale (what QLinearConv takes)."""
+    """Conv/Gemm biases as int32 with scale = input scale * weight scale (what QLinearConv and
+    QGemm take: without it ONNX Runtime leaves the classifier's Gemm in float)."""
     producers = g.producers()
     for node in g.nodes:
         name = node.name or node.output[0]
-        if node.op_type != "Conv" or name not in weight_scales or len(node.input) < 3 or not node.input[2]:
+        if node.op_type not in ("Conv", "Gemm") or name not in weight_scales or len(node.input) < 3 or not node.input[2]:
             continue
         dq = producers.get(node.input[0])
         if dq is None or dq.op_type != "DequantizeLinear":

@@ -77,7 +77,7 @@ def test_pipeline_with_a_stand_in_builder(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(build_stage, "engine_information", fake_info)
     out = tmp_path / "b"
     res = pipeline.build(BuildConfig(source=str(trained.checkpoint), output_dir=out, precision=Precision.int8,
-                                     calib=CalibConfig(num_images=64), engine=EngineConfig(max_batch=16)))
+                                     calib=CalibConfig(num_images=64), engine=EngineConfig(max_batch=16), bench=False))
     assert seen == {"onnx": str(out / "model_int8_qdq.onnx"), "fp16": True, "int8": True}
     manifest = json.loads((out / "manifest.json").read_text())
     eng = manifest["engine"]

@@ -126,7 +126,7 @@ def test_cpu_model_runs_fast_kernels_and_tracks_fp32(r20, r20_stats, digits):
     assert zps and all(z.dtype == np.uint8 for z in zps)
     biases = [c[n.input[0]] for n in cpu.graph.node if n.op_type == "DequantizeLinear" and c.get(n.input[0]) is not None
               and c[n.input[0]].dtype == np.int32]
-    assert len(biases) == sum(n.op_type == "Conv" for n in cpu.graph.node)
+    assert len(biases) == sum(n.op_type in ("Conv", "Gemm") for n in cpu.graph.node)
     ev = Evaluator(r20.onnx, digits.test, r20.spec.preprocessing)
     score = ev(cpu, reference=False)
     assert score.top1_agreement >= 0.98 and score.cosine > 0.999
@@ -138,7 +138,8 @@ def test_cpu_model_runs_fast_kernels_and_tracks_fp32(r20, r20_stats, digits):
     so.optimized_model_filepath = str(r20.path.parent / "cpu_optimized.onnx")
     ort.InferenceSession(cpu.SerializeToString(), so, providers=["CPUExecutionProvider"])
     optimized = onnx.load(so.optimized_model_filepath)
-    assert sum(n.op_type == "QLinearConv" for n in optimized.graph.node) >= 19
+    ops = [n.op_type for n in optimized.graph.node]
+    assert ops.count("QLinearConv") >= 19 and ops.count("QGemm") == 1 and "Gemm" not in ops
 
 
 def test_reference_session_keeps_qdq_semantics(r20):

@@ -1,0 +1,283 @@
+"""rescompile bench: every backend a bundle can run on this machine, against FP32 PyTorch eager,
+on the same inputs, in the same run."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rescompile import nvidia
+from rescompile.bench.backends import Backend, OrtBackend, TorchBackend, TrtBackend
+from rescompile.bench.env import PowerSampler, environment
+from rescompile.bench.timing import TimingBudget, TimingStats, measure
+from rescompile.bundle import Manifest, read_manifest
+from rescompile.config import BenchConfig, DataConfig
+from rescompile.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Measurement:
+    key: str
+    batch: int
+    stats: TimingStats | None
+    skipped: str | None = None
+    speedup: float | None = None  # reference p50 / this p50, same batch
+    energy_j_per_image: float | None = None
+
+    def to_dict(self, keep_samples: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {"backend": self.key, "batch": self.batch, "skipped": self.skipped, "speedup": self.speedup}
+        if self.stats is not None:
+            d.update(self.stats.to_dict(keep_samples))
+        if self.energy_j_per_image is not None:
+            d["energy_j_per_image"] = self.energy_j_per_image
+        return d
+
+
+@dataclass
+class Accuracy:
+    key: str
+    top1: float | None
+    agreement: float
+    cosine: float
+    images: int
+
+
+@dataclass
+class BenchReport:
+    bundle: Path
+    model: str
+    environment: dict[str, Any]
+    backends: list[Backend]
+    measurements: list[Measurement]
+    accuracy: list[Accuracy]
+    reference: str
+    verdict: str
+    warnings: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def backend(self, key: str) -> Backend:
+        return next(b for b in self.backends if b.key == key)
+
+    def get(self, key: str, batch: int) -> Measurement | None:
+        return next((m for m in self.measurements if m.key == key and m.batch == batch), None)
+
+    def accuracy_of(self, key: str) -> Accuracy | None:
+        return next((a for a in self.accuracy if a.key == key), None)
+
+    def to_dict(self, keep_samples: bool = True) -> dict[str, Any]:
+        return {
+            "bundle": str(self.bundle), "model": self.model, "environment": self.environment, "reference": self.reference,
+            "backends": [
+                {"key": b.key, "name": b.name, "precision": b.precision, "device": b.device, "mode": b.mode,
+                 "build_seconds": b.build_seconds, "notes": b.notes} for b in self.backends
+            ],
+            "measurements": [m.to_dict(keep_samples) for m in self.measurements],
+            "accuracy": [a.__dict__ for a in self.accuracy],
+            "verdict": self.verdict, "warnings": self.warnings,
+        }
+
+
+def default_bundle() -> Path:
+    from rescompile.config import DEFAULT_ARCH, DEFAULT_DATASET, rescompile_home
+
+    return rescompile_home() / "builds" / f"{DEFAULT_ARCH}-{DEFAULT_DATASET}"
+
+
+def _torch_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _reference_module(manifest: Manifest):
+    role = next((r for r in ("checkpoint", "torchscript") if manifest.has(r)), None)
+    if role is None:
+        return None
+    from rescompile.models.load import load_model
+
+    spec = manifest.spec
+    return load_model(str(manifest.file(role)), arch=spec.arch, num_classes=spec.num_classes, input_size=spec.input_size).module
+
+
+def make_backends(manifest: Manifest, cfg: BenchConfig, device: str) -> list[Backend]:
+    """Every backend the bundle and this machine allow (filtered by ``cfg.backends``)."""
+    wanted = set(cfg.backends) if cfg.backends else None
+
+    def want(key: str) -> bool:
+        return wanted is None or key in wanted or key.split("-e2e")[0] in wanted
+
+    out: list[Backend] = []
+    shape = manifest.spec.input_shape
+    module = _reference_module(manifest)
+    if module is not None:
+        out.append(TorchBackend(module, shape, device=device, threads=cfg.threads))  # always: the reference
+        for cl, comp in ((True, False), (False, True)):
+            if (cl and cfg.channels_last) or (comp and cfg.compile):
+                key = "torch-fp32" + ("-cl" if cl else "-compile")
+                if want(key):
+                    try:
+                        out.append(TorchBackend(_reference_module(manifest), shape, device=device, channels_last=cl, compile=comp,
+                                                threads=cfg.threads))
+                    except Exception as exc:  # torch.compile needs a compiler toolchain; say why it is missing
+                        log.warning("skipping %s: %s", key, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    cpu = ["CPUExecutionProvider"]
+    if want("ort-fp32"):
+        out.append(OrtBackend("ort-fp32", "ONNX Runtime FP32", manifest.file("optimized_onnx"), "fp32", threads=cfg.threads, providers=cpu))
+    if manifest.has("cpu_int8_onnx") and want("ort-int8"):
+        out.append(OrtBackend("ort-int8", "ONNX Runtime INT8 (CPU artifact)", manifest.file("cpu_int8_onnx"), "int8",
+                              threads=cfg.threads, providers=cpu))
+    for key, name, path in cfg.extra_onnx:
+        extra = OrtBackend(key, name, Path(path), "int8" if "int8" in key else "fp32", threads=cfg.threads, providers=cpu)
+        extra.comparison = True
+        out.append(extra)
+    if device.startswith("cuda") and want("ort-cuda-fp32"):
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            out.append(OrtBackend("ort-cuda-fp32", "ONNX Runtime FP32 (CUDA EP)", manifest.file("optimized_onnx"), "fp32",
+                                  providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    out.extend(_tensorrt_backends(manifest, want))
+    if not any(b.reference for b in out) and out:
+        out[0].reference = True
+    return out
+
+
+def _tensorrt_backends(manifest: Manifest, want: Callable[[str], bool]) -> list[Backend]:
+    if manifest.engine is None or nvidia.tensorrt_version() is None or nvidia.find_gpu() is None:
+        return []
+    from rescompile.runtime import load
+
+    precision = manifest.engine.get("precision", manifest.precision or "fp32")
+    out: list[Backend] = []
+    for e2e in (False, True):
+        key = f"trt-{precision}" + ("-e2e" if e2e else "")
+        if want(key):
+            out.append(TrtBackend(key, f"TensorRT {precision.upper()}" + (" end-to-end" if e2e else ""), load(manifest.dir, backend="tensorrt"),
+                                  precision, end_to_end=e2e, build_seconds=manifest.engine.get("build_seconds")))
+    if precision in ("int8", "best") and want("trt-fp16"):
+        out.append(_fp16_engine(manifest))  # users must see FP16 next to INT8
+    return out
+
+
+def _fp16_engine(manifest: Manifest) -> Backend:
+    """Build an FP16 engine of the same model in a scratch folder (build time reported apart)."""
+    from dataclasses import replace
+
+    from rescompile.config import EngineConfig, Precision
+    from rescompile.pipeline import write_fp16
+    from rescompile.runtime.tensorrt import TensorRTRunner
+    from rescompile.stages.build import engine_from_onnx, plan_engine
+
+    scratch = Path(tempfile.mkdtemp(prefix="rescompile-fp16-"))
+    files = {"optimized_onnx": manifest.file("optimized_onnx")}
+    files["fp16_onnx"] = write_fp16(files["optimized_onnx"], scratch / "model_fp16.onnx")
+    profile = (manifest.engine or {}).get("profiles", [{}])[0]
+    cfg = EngineConfig(min_batch=profile.get("min", [1])[0], opt_batch=profile.get("opt", [8])[0], max_batch=profile.get("max", [32])[0])
+    cfg = replace(cfg, timing_cache=manifest.dir / "timing.cache")
+    plan = plan_engine(Precision.fp16, nvidia.tensorrt_version() or "", files, "input", manifest.spec.input_shape, cfg)
+    engine = engine_from_onnx(plan, scratch)
+    runner = TensorRTRunner(engine.path, spec=manifest.spec)
+    return TrtBackend("trt-fp16", "TensorRT FP16", runner, "fp16", build_seconds=engine.build_seconds)
+
+
+def _eval_images(manifest: Manifest, data: DataConfig | None, limit: int):
+    from rescompile.data.datasets import load_dataset
+
+    if data is None:
+        if manifest.spec.dataset not in ("digits", "cifar10"):
+            return None
+        data = DataConfig(manifest.spec.dataset)
+    test = load_dataset(data).test
+    if len(test) > limit:
+        test = test.subset(np.linspace(0, len(test) - 1, limit).astype(np.int64))
+    return test
+
+
+def _timing_input(images, spec, batch: int, seed: int = 0) -> np.ndarray:
+    """Real images when there are any (tiled to the batch), else fixed random data."""
+    if images is not None and len(images):
+        idx = np.arange(batch) % len(images)
+        return spec.preprocessing(images.images(idx))
+    return np.random.default_rng(seed).standard_normal((batch, *spec.input_shape)).astype(np.float32)
+
+
+def _logits(backend: Backend, images, spec, batch: int) -> np.ndarray:
+    from rescompile.data.images import iter_batches
+
+    step = min(batch, backend.max_batch or batch)
+    return np.concatenate([backend.logits(x) for x, _ in iter_batches(images, spec.preprocessing, step)])
+
+
+def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = None) -> BenchReport:
+    from rescompile.bench.report import verdict_and_warnings, write_outputs
+    from rescompile.stages.calibrate.accuracy import compare
+
+    progress = on_progress or (lambda _t, _d, _n: None)
+    bundle = Path(cfg.bundle) if cfg.bundle else default_bundle()
+    if cfg.bundle is None and not bundle.exists():
+        raise ConfigError(f"no bundle at {bundle}", "Run `rescompile build` first, or pass the bundle directory")
+    if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+        raise ConfigError(f"batch sizes must be positive, got {cfg.batch_sizes}", "Pass e.g. --batch-sizes 1,8,32")
+    manifest = read_manifest(bundle)
+    spec = manifest.spec
+    device = _torch_device(cfg.device)
+    backends = make_backends(manifest, cfg, device)
+    if not backends:
+        raise ConfigError(f"no backend left to run (asked for {', '.join(cfg.backends or ())})", "Check --backends")
+    images = _eval_images(manifest, cfg.eval_data, cfg.max_eval_images)
+    budget = TimingBudget(cfg.warmup_s, 3, cfg.min_runs, cfg.max_runs, cfg.max_s)
+    reference = next(b for b in backends if b.reference)
+    measurements: list[Measurement] = []
+    total, done = len(backends) * len(cfg.batch_sizes), 0
+    try:
+        for backend in backends:
+            for batch in sorted(set(cfg.batch_sizes)):
+                progress("latency", done, total)
+                done += 1
+                if backend.max_batch and batch > backend.max_batch:
+                    measurements.append(Measurement(backend.key, batch, None, f"engine profile max batch is {backend.max_batch}"))
+                    continue
+                x = _timing_input(images, spec, batch)
+                try:
+                    with PowerSampler() as power:
+                        stats = measure(backend.prepare(x), batch, budget)
+                except (RuntimeError, MemoryError) as exc:  # out of memory at a large batch: what fits
+                    measurements.append(Measurement(backend.key, batch, None, str(exc).splitlines()[0][:120]))
+                    continue
+                energy = power.mean_watts * stats.p50 / 1000.0 / batch if power.mean_watts else None
+                measurements.append(Measurement(backend.key, batch, stats, energy_j_per_image=energy))
+        progress("latency", total, total)
+        for m in measurements:
+            ref = next((r for r in measurements if r.key == reference.key and r.batch == m.batch and r.stats), None)
+            if ref is not None and m.stats is not None:
+                m.speedup = ref.stats.p50 / m.stats.p50
+        accuracy: list[Accuracy] = []
+        if images is not None and len(images):
+            ref_logits = _logits(reference, images, spec, 32)
+            labels = None if images.labels is None else np.asarray(images.labels)
+            for i, backend in enumerate(backends):
+                progress("accuracy", i, len(backends))
+                a = compare(_logits(backend, images, spec, 32), ref_logits, labels)
+                accuracy.append(Accuracy(backend.key, a.top1, a.top1_agreement, a.cosine, a.images))
+            progress("accuracy", len(backends), len(backends))
+    finally:
+        for backend in backends:
+            backend.close()
+    report = BenchReport(bundle, spec.arch, environment(cfg.threads), backends, measurements, accuracy, reference.key, "")
+    report.verdict, report.warnings = verdict_and_warnings(report)
+    if reference.key != "torch-fp32":
+        report.warnings.insert(0, "the bundle holds no PyTorch model (built from ONNX): ratios are against ONNX Runtime FP32")
+    report.files = write_outputs(report, Path(cfg.output_dir) if cfg.output_dir else bundle / "bench")
+    return report

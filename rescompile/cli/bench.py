@@ -1,0 +1,102 @@
+"""rescompile bench"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from rescompile.cli import app
+from rescompile.cli._common import Json, StepProgress, guarded, out, print_json
+from rescompile.config import BenchConfig
+
+B = BenchConfig()
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers for {what}, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def print_report(report) -> None:
+    table = Table(title=f"{report.model}: latency (ms) and speed-up vs {report.backend(report.reference).name}")
+    for col in ("backend", "batch", "p50", "p90", "p99", "std", "images/s", "speed-up"):
+        table.add_column(col, justify="right" if col != "backend" else "left")
+    for m in report.measurements:
+        b = report.backend(m.key)
+        if m.stats is None:
+            table.add_row(b.name, str(m.batch), f"skipped: {m.skipped}", "", "", "", "", "")
+            continue
+        s = m.stats
+        table.add_row(b.name, str(m.batch), f"{s.p50:.3f}", f"{s.p90:.3f}", f"{s.p99:.3f}", f"{s.std:.3f}", f"{s.throughput:.0f}",
+                      f"{m.speedup:.2f}x")
+    out.print(table)
+    if report.accuracy:
+        acc = Table(title=f"accuracy on {report.accuracy[0].images} labelled images")
+        for col in ("backend", "top-1", "agreement with FP32", "logit cosine"):
+            acc.add_column(col, justify="right" if col != "backend" else "left")
+        for a in report.accuracy:
+            acc.add_row(report.backend(a.key).name, "-" if a.top1 is None else f"{a.top1:.2%}", f"{a.agreement:.2%}", f"{a.cosine:.5f}")
+        out.print(acc)
+    for b in report.backends:
+        if b.build_seconds is not None:
+            out.print(f"build time (not in latency): {b.name} {b.build_seconds:.1f} s")
+    out.print(f"[bold]{report.verdict}[/bold]")
+    for w in report.warnings:
+        out.print(f"[yellow]warning: {w}[/yellow]")
+    env = report.environment
+    out.print(f"machine: {env['cpu']}, {env['cpu_cores']} cores, threads {env['threads'] or 'all'}"
+              + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU"))
+    out.print(f"report: {report.files.get('markdown')}  plots: {report.files.get('latency_png')}, {report.files.get('speedup_png')}")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  rescompile bench                                  (the default build's bundle)\n\n"
+        "  rescompile bench out/resnet18 --batch-sizes 1,8,32 --threads 2\n\n"
+        "  rescompile bench out/resnet18 --channels-last --compile --json > bench.json"
+    )
+)
+@guarded
+def bench(
+    bundle: Annotated[Path | None, typer.Argument(help="Bundle directory [default: the default build's bundle].", show_default=False)] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = ",".join(map(str, B.batch_sizes)),
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch and ONNX Runtime [default: all cores].")] = None,
+    device: Annotated[str, typer.Option(help="Where PyTorch runs: auto | cpu | cuda.")] = B.device,
+    backends: Annotated[
+        str | None, typer.Option(help="Only these backends, comma-separated: torch-fp32, ort-fp32, ort-int8, trt-int8, trt-fp16, ...")
+    ] = None,
+    channels_last: Annotated[bool, typer.Option(help="Also PyTorch eager in channels_last.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="Also torch.compile (its compile time is reported apart).")] = False,
+    eval_data: Annotated[str | None, typer.Option(help="Labelled images for top-1 [default: the model's own test split].")] = None,
+    max_eval_images: Annotated[int, typer.Option(min=1, help="At most this many images for accuracy.")] = B.max_eval_images,
+    warmup_s: Annotated[float, typer.Option(min=0.0, help="Untimed warmup per measurement, seconds.")] = B.warmup_s,
+    min_runs: Annotated[int, typer.Option(min=1, help="Timed runs per measurement, at least.")] = B.min_runs,
+    max_s: Annotated[float, typer.Option(min=0.0, help="Stop sampling after this long once --min-runs are in.")] = B.max_s,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Report folder [default: <bundle>/bench].")] = None,
+    json_out: Json = False,
+) -> None:
+    """Latency and accuracy of every backend a bundle can run here, against FP32 PyTorch eager."""
+    from rescompile.bench import run_bench
+    from rescompile.config import DataConfig
+
+    cfg = BenchConfig(
+        bundle=bundle, batch_sizes=parse_ints(batch_sizes, "--batch-sizes"), threads=threads, device=device,
+        backends=tuple(x.strip() for x in backends.split(",") if x.strip()) if backends else None, channels_last=channels_last,
+        compile=compile, eval_data=DataConfig(eval_data) if eval_data else None, max_eval_images=max_eval_images,
+        warmup_s=warmup_s, min_runs=min_runs, max_s=max_s, output_dir=output_dir,
+    )
+    with StepProgress(enabled=not json_out) as progress:
+        report = run_bench(cfg, on_progress=progress)
+    if json_out:
+        print_json({**report.to_dict(keep_samples=False), "files": {k: str(v) for k, v in report.files.items()}})
+        return
+    print_report(report)

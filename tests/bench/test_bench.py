@@ -1,0 +1,109 @@
+"""rescompile bench on a real bundle: every backend, ratios, accuracy, files, plots, verdict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rescompile.bench import run_bench
+from rescompile.bench.env import parse_tegrastats_power
+from rescompile.bench.report import latency_figure, speedup_figure, verdict_and_warnings
+from rescompile.config import BenchConfig, BuildConfig, CalibConfig
+from rescompile.errors import ConfigError
+from tests.cli.test_cli import invoke, one_line_error
+
+FAST = dict(warmup_s=0.05, min_runs=5, max_s=0.2, max_eval_images=120)
+
+
+@pytest.fixture(scope="module")
+def bundle(trained, tmp_path_factory):
+    from rescompile.pipeline import build
+
+    out = tmp_path_factory.mktemp("bench") / "b"
+    build(BuildConfig(source=str(trained.checkpoint), output_dir=out, calib=CalibConfig(num_images=64), bench=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(bundle):
+    return run_bench(BenchConfig(bundle=bundle, batch_sizes=(1, 4), threads=1, **FAST))
+
+
+def test_every_backend_at_every_batch_against_pytorch(report):
+    keys = [b.key for b in report.backends]
+    assert keys == ["torch-fp32", "ort-fp32", "ort-int8"] and report.reference == "torch-fp32"
+    assert {(m.key, m.batch) for m in report.measurements} == {(k, b) for k in keys for b in (1, 4)}
+    for m in report.measurements:
+        assert m.stats.runs >= 5 and m.stats.warmup_runs >= 3 and len(m.stats.samples_ms) == m.stats.runs
+        ref = report.get("torch-fp32", m.batch)
+        assert m.speedup == pytest.approx(ref.stats.p50 / m.stats.p50)
+    assert report.get("torch-fp32", 1).speedup == 1.0
+
+
+def test_accuracy_of_every_backend(report):
+    acc = {a.key: a for a in report.accuracy}
+    assert set(acc) == {"torch-fp32", "ort-fp32", "ort-int8"}
+    assert acc["torch-fp32"].agreement == 1.0 and acc["torch-fp32"].images == 120
+    assert acc["ort-fp32"].cosine > 0.99999 and acc["ort-int8"].agreement >= 0.97
+    assert acc["torch-fp32"].top1 >= 0.95 and abs(acc["ort-int8"].top1 - acc["torch-fp32"].top1) <= 0.03
+
+
+def test_files_verdict_and_environment(report, bundle):
+    files = report.files
+    data = json.loads(files["json"].read_text())
+    assert data["environment"]["threads"] == 1 and data["environment"]["cpu_cores"] >= 1
+    assert data["environment"]["versions"]["onnxruntime"]
+    assert sum(len(m["samples_ms"]) for m in data["measurements"]) == sum(m.stats.runs for m in report.measurements)
+    md = files["markdown"].read_text()
+    assert report.verdict in md and "| PyTorch FP32 eager |" in md and "Accuracy on 120 labelled images" in md
+    assert files["latency_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and files["speedup_png"].parent == bundle / "bench"
+    assert report.verdict.startswith("ONNX Runtime INT8 (CPU artifact) is ") and "than PyTorch FP32 eager at batch 1 with" in report.verdict
+
+
+def test_plots_have_labelled_axes_and_one_line_per_backend(report):
+    fig = latency_figure(report)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "batch size" and ax.get_ylabel() == "latency p50 (ms)"
+    assert [line.get_label() for line in ax.get_lines()] == [b.name for b in report.backends]
+    bars = speedup_figure(report).axes[0]
+    assert bars.get_ylabel().startswith("speed-up vs PyTorch FP32 eager") and len(bars.patches) == 3 * 2
+
+
+def test_warning_when_int8_is_not_faster(report):
+    from dataclasses import replace
+
+    from rescompile.bench.timing import TimingStats
+
+    slow = replace(report)
+    slow.measurements = [
+        replace(m, stats=TimingStats(m.batch, [1000.0] * 5)) if m.key == "ort-int8" else m for m in report.measurements
+    ]
+    _, warnings = verdict_and_warnings(slow)
+    assert any("ONNX Runtime INT8 (CPU artifact) is not faster than ONNX Runtime FP32 at batch 1" in w for w in warnings)
+
+
+def test_backend_filter_and_bad_options(bundle, tmp_path):
+    r = run_bench(BenchConfig(bundle=bundle, batch_sizes=(2,), backends=("ort-int8",), output_dir=tmp_path, **FAST))
+    assert [b.key for b in r.backends] == ["torch-fp32", "ort-int8"]  # the reference always runs
+    with pytest.raises(ConfigError, match="batch sizes must be positive"):
+        run_bench(BenchConfig(bundle=bundle, batch_sizes=(0,)))
+
+
+def test_cli_bench_json_and_errors(bundle, tmp_path):
+    res = invoke("bench", bundle, "--batch-sizes", "1", "--threads", "1", "--warmup-s", "0.05", "--min-runs", "5", "--max-s", "0.2",
+                 "--max-eval-images", "50", "-o", tmp_path / "r", "--json")
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["verdict"] and (tmp_path / "r" / "report.md").exists() and "samples_ms" not in data["measurements"][0]
+    one_line_error(invoke("bench", tmp_path / "nothing"), "no bundle directory")
+    bad = invoke("bench", bundle, "--batch-sizes", "1,x")
+    assert bad.exit_code == 2 and "comma-separated integers" in bad.stderr
+
+
+def test_tegrastats_power_lines():
+    orin = "RAM 2448/30536MB CPU [1%@729] GR3D_FREQ 0% VDD_GPU_SOC 2397mW/2397mW VDD_CPU_CV 399mW/399mW VDD_IN 5123mW/5012mW"
+    assert parse_tegrastats_power(orin) == pytest.approx(5.123)
+    xavier = "RAM 1903/7772MB ... GPU 0%@114 POM_5V_IN 3284/3284 POM_5V_GPU 0/0"
+    assert parse_tegrastats_power(xavier) == pytest.approx(3.284)
+    assert parse_tegrastats_power("RAM 100/200MB") is None
