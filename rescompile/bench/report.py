@@ -91,8 +91,9 @@ def markdown(report: BenchReport) -> str:
         lines += ["", "Build time (not in latency): " + ", ".join(f"{b.name} {b.build_seconds:.1f} s" for b in builds)]
     if report.warnings:
         lines += ["", *[f"- warning: {w}" for w in report.warnings]]
-    lines += ["", "Warmup by time budget, never timed; every sample kept in report.json; "
-              "ratios are the reference's p50 over each backend's p50 at the same batch."]
+    lines += ["", "Warmup by time budget, never timed; backends take turns in alternating rounds and their samples "
+              "are pooled; every sample kept in report.json; ratios are the reference's p50 over each backend's p50 "
+              "at the same batch."]
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +173,6 @@ def _tensorrt_backends(manifest: Manifest, want: Callable[[str], bool]) -> list[
 
 def _fp16_engine(manifest: Manifest) -> Backend:
     """Build an FP16 engine of the same model in a scratch folder (build time reported apart)."""
-    from dataclasses import replace
-
     from rescompile.config import EngineConfig, Precision
     from rescompile.pipeline import write_fp16
     from rescompile.runtime.tensorrt import TensorRTRunner
@@ -240,24 +238,49 @@ def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = N
     budget = TimingBudget(cfg.warmup_s, 3, cfg.min_runs, cfg.max_runs, cfg.max_s)
     reference = next(b for b in backends if b.reference)
     measurements: list[Measurement] = []
-    total, done = len(backends) * len(cfg.batch_sizes), 0
+    batches = sorted(set(cfg.batch_sizes))
+    rounds = max(1, cfg.rounds)
+    # Backends take turns, in alternating order, so slow drifts of the machine (clocks, heat,
+    # other load) fall on every backend alike instead of on whichever ran last.
+    round_budget = replace(budget, min_runs=max(1, -(-budget.min_runs // rounds)), max_runs=max(1, budget.max_runs // rounds),
+                           max_s=budget.max_s / rounds)
+    samples: dict[tuple[str, int], TimingStats] = {}
+    energy: dict[tuple[str, int], list[float]] = {}
+    skipped: dict[tuple[str, int], str] = {}
+    total, done = rounds * len(backends) * len(batches), 0
     try:
+        for r in range(rounds):
+            for backend in (backends if r % 2 == 0 else backends[::-1]):
+                for batch in batches:
+                    progress("latency", done, total)
+                    done += 1
+                    key = (backend.key, batch)
+                    if key in skipped:
+                        continue
+                    if backend.max_batch and batch > backend.max_batch:
+                        skipped[key] = f"engine profile max batch is {backend.max_batch}"
+                        continue
+                    try:
+                        with PowerSampler() as power:
+                            stats = measure(backend.prepare(_timing_input(images, spec, batch)), batch, round_budget)
+                    except (RuntimeError, MemoryError) as exc:  # out of memory at a large batch: what fits
+                        skipped[key] = str(exc).splitlines()[0][:120]
+                        continue
+                    if power.mean_watts:
+                        energy.setdefault(key, []).append(power.mean_watts * stats.p50 / 1000.0 / batch)
+                    if key in samples:
+                        old = samples[key]
+                        stats = TimingStats(batch, old.samples_ms + stats.samples_ms, old.warmup_runs + stats.warmup_runs,
+                                            old.warmup_s + stats.warmup_s)
+                    samples[key] = stats
         for backend in backends:
-            for batch in sorted(set(cfg.batch_sizes)):
-                progress("latency", done, total)
-                done += 1
-                if backend.max_batch and batch > backend.max_batch:
-                    measurements.append(Measurement(backend.key, batch, None, f"engine profile max batch is {backend.max_batch}"))
-                    continue
-                x = _timing_input(images, spec, batch)
-                try:
-                    with PowerSampler() as power:
-                        stats = measure(backend.prepare(x), batch, budget)
-                except (RuntimeError, MemoryError) as exc:  # out of memory at a large batch: what fits
-                    measurements.append(Measurement(backend.key, batch, None, str(exc).splitlines()[0][:120]))
-                    continue
-                energy = power.mean_watts * stats.p50 / 1000.0 / batch if power.mean_watts else None
-                measurements.append(Measurement(backend.key, batch, stats, energy_j_per_image=energy))
+            for batch in batches:
+                key = (backend.key, batch)
+                if key in skipped:
+                    measurements.append(Measurement(backend.key, batch, None, skipped[key]))
+                else:
+                    e = energy.get(key)
+                    measurements.append(Measurement(backend.key, batch, samples[key], energy_j_per_image=sum(e) / len(e) if e else None))
         progress("latency", total, total)
         for m in measurements:
             ref = next((r for r in measurements if r.key == reference.key and r.batch == m.batch and r.stats), None)

@@ -81,6 +81,7 @@ def bench(
     warmup_s: Annotated[float, typer.Option(min=0.0, help="Untimed warmup per measurement, seconds.")] = B.warmup_s,
     min_runs: Annotated[int, typer.Option(min=1, help="Timed runs per measurement, at least.")] = B.min_runs,
     max_s: Annotated[float, typer.Option(min=0.0, help="Stop sampling after this long once --min-runs are in.")] = B.max_s,
+    rounds: Annotated[int, typer.Option(min=1, help="Backends take turns this many times, in alternating order (samples pooled).")] = B.rounds,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Report folder [default: <bundle>/bench].")] = None,
     json_out: Json = False,
 ) -> None:
@@ -92,7 +93,7 @@ def bench(
         bundle=bundle, batch_sizes=parse_ints(batch_sizes, "--batch-sizes"), threads=threads, device=device,
         backends=tuple(x.strip() for x in backends.split(",") if x.strip()) if backends else None, channels_last=channels_last,
         compile=compile, eval_data=DataConfig(eval_data) if eval_data else None, max_eval_images=max_eval_images,
-        warmup_s=warmup_s, min_runs=min_runs, max_s=max_s, output_dir=output_dir,
+        warmup_s=warmup_s, min_runs=min_runs, max_s=max_s, rounds=rounds, output_dir=output_dir,
     )
     with StepProgress(enabled=not json_out) as progress:
         report = run_bench(cfg, on_progress=progress)
