@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rescompile.errors import RescompileError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
@@ -34,21 +36,105 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+STAGING_PREFIX = ".staging-"
+LOCK_NAME = ".rescompile.lock"
+
+
 @contextlib.contextmanager
-def staged_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+def staged_dir(target: str | os.PathLike[str], *, last: tuple[str, ...] = (), first_remove: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a hidden staging folder inside ``target``; on success move every file in it into
-    ``target`` (each rename atomic), on any failure delete it: ``target`` gains all or nothing."""
+    ``target`` (each rename atomic), on any failure delete it: ``target`` gains all or nothing.
+
+    ``first_remove`` names are deleted from ``target`` before anything moves (a manifest that
+    would otherwise describe a half-replaced directory); ``last`` names move after all others.
+    """
     import shutil
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=target))
+    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target))
     try:
         yield stage
-        for item in sorted(stage.iterdir()):
-            os.replace(item, target / item.name)
+        for name in first_remove:
+            old = target / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink(missing_ok=True)
+        items = sorted(stage.iterdir(), key=lambda p: (p.name in last, p.name))
+        for item in items:
+            dest = target / item.name
+            if item.is_dir() and dest.is_dir():
+                shutil.rmtree(dest)
+            os.replace(item, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def remove_stale_staging(target: str | os.PathLike[str]) -> int:
+    """Delete staging folders a killed run left behind (call it while holding the lock)."""
+    import shutil
+
+    count = 0
+    for item in Path(target).glob(STAGING_PREFIX + "*"):
+        if item.is_dir():
+            shutil.rmtree(item, ignore_errors=True)
+            count += 1
+    return count
+
+
+class BusyError(RescompileError):
+    """Another run holds the output directory."""
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``target`` for one run: a second run into it fails fast instead
+    of interleaving its files (fcntl advisory lock; released even when the process is killed)."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / LOCK_NAME
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, still one writer per run in practice
+        yield path
+        return
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise BusyError(
+                f"{target} is being written by another rescompile run ({holder})",
+                "Wait for it to finish, or pass another --output-dir",
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        yield path
+    finally:
+        fh.close()  # closing releases the lock
+
+
+def expand_user(path: str | os.PathLike[str]) -> Path:
+    """Path.expanduser without its RuntimeError for an unknown user ("~nobody/x" stays as written)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
+
+
+def remove_if_empty(target: str | os.PathLike[str]) -> bool:
+    """Remove ``target`` when a failed run left nothing in it but its lock file."""
+    target = Path(target)
+    if not target.is_dir() or any(p.name != LOCK_NAME for p in target.iterdir()):
+        return False
+    (target / LOCK_NAME).unlink(missing_ok=True)
+    target.rmdir()
+    return True
 
 
 def _umask() -> int:

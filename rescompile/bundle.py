@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from rescompile._io import expand_user
 from rescompile.errors import RescompileError
 from rescompile.models.spec import ModelSpec
 
@@ -97,7 +98,7 @@ class Manifest:
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read and check the manifest of the bundle at ``path`` (the directory or its manifest.json)."""
-    path = Path(path).expanduser()
+    path = expand_user(path)
     if path.name == MANIFEST and not path.is_dir():
         bundle_dir, manifest_path = path.parent, path
     else:
@@ -126,7 +127,7 @@ def _load_json(manifest_path: Path) -> dict[str, Any]:
         raise BundleError(f"{manifest_path} grew past the {MAX_MANIFEST_BYTES} byte limit while being read", "Rebuild the bundle")
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: also 4300+ digit numbers
         raise BundleError(
             f"{manifest_path} is not valid JSON ({exc.__class__.__name__}: {str(exc)[:120]})",
             "The file is corrupt or truncated: copy the bundle again or rebuild it",

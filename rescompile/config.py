@@ -191,6 +191,7 @@ class BuildConfig:
     eval_data: DataConfig | None = None  # None: the test split of the model's own data
     engine: EngineConfig = field(default_factory=EngineConfig)
     bench: bool = True  # end with a quick `rescompile bench` (batch 1 and 8) of the bundle
+    trust_checkpoint: bool = False  # full unpickling of the checkpoint (runs code from it): trusted files only
     device: str = "auto"
     # Used when the source carries no metadata (plain state dicts, TorchScript, bare ONNX):
     arch: str | None = None
@@ -215,5 +216,6 @@ class BenchConfig:
     min_runs: int = 20
     max_runs: int = 1000
     max_s: float = 5.0
+    rounds: int = 3  # backends take turns this many times (alternating order); samples are pooled
     output_dir: Path | None = None  # None: <bundle>/bench
     extra_onnx: tuple[tuple[str, str, Path], ...] = ()  # (key, display name, path): more ORT models to compare

@@ -6,6 +6,9 @@ The library raises; only the CLI turns these into a one-line message and an exit
 from __future__ import annotations
 
 
+MAX_MESSAGE = 1000
+
+
 class RescompileError(Exception):
     """Base class: ``str(err)`` is a single line, 'what is wrong: how to fix it'."""
 
@@ -18,8 +21,10 @@ class RescompileError(Exception):
 
     def __str__(self) -> str:
         text = self.message if not self.hint else f"{self.message}. {self.hint}"
-        # One line, whatever the parts contained (paths from users can hold newlines).
-        return " ".join(text.split())
+        # One line, whatever the parts contained (paths from users can hold newlines), and
+        # bounded: a message may quote a value from a hostile file.
+        line = " ".join(text.split())
+        return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 20] + " ...(truncated)"
 
 
 class ConfigError(RescompileError):

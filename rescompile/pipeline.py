@@ -16,7 +16,9 @@ from typing import Any
 
 from rescompile import __version__
 from rescompile.bundle import MANIFEST
-from rescompile._io import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
+from rescompile._io import (
+    atomic_path, output_lock, remove_if_empty, remove_stale_staging, sha256_file, staged_dir, write_bytes_atomic, write_json_atomic,
+)
 from rescompile.config import (
     DEFAULT_ARCH, DEFAULT_DATASET, INPUT_NAME, OUTPUT_NAME, BenchConfig, BuildConfig, DataConfig, EngineConfig, Precision, TrainConfig,
     rescompile_home,
@@ -44,7 +46,14 @@ FP16_ONNX = "model_fp16.onnx"
 LABELS = "labels.txt"
 CHECKPOINT = "model.pt"
 TORCHSCRIPT = "model.ts"
+BENCH_DIR = "bench"
 FUSION_REPORT = "fusion_report.json"
+# Every file a build may write: a new build removes the ones it does not write again.
+BUNDLE_FILES = (
+    FP32_ONNX, OPTIMIZED_ONNX, FP16_ONNX, FUSION_REPORT, LABELS, CHECKPOINT, TORCHSCRIPT,
+    "model_int8_qdq.onnx", "model_int8_cpu.onnx", "calibration.cache", "scales.json", "accuracy.json",
+    "model.engine", "engine_layers.json",
+)
 # The embedded default's training recipe: reaches >= 97% test accuracy on digits in
 # about two minutes on 2 CPU cores (benchmarks/train_digits.py measures it).
 DEFAULT_TRAIN = TrainConfig(arch=DEFAULT_ARCH, data=DataConfig(DEFAULT_DATASET), epochs=30)
@@ -103,7 +112,10 @@ def default_output_dir(model: LoadedModel) -> Path:
 def resolve_source(config: BuildConfig, train_callback: Any = None) -> LoadedModel:
     if config.source is None:
         return default_model(train_callback)
-    return load_model(config.source, arch=config.arch, num_classes=config.num_classes, input_size=config.input_size)
+    return load_model(
+        config.source, arch=config.arch, num_classes=config.num_classes, input_size=config.input_size,
+        trust_checkpoint=config.trust_checkpoint,
+    )
 
 
 def build(
@@ -113,7 +125,12 @@ def build(
     on_stage: Callable[[str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> BuildResult:
-    """Run the pipeline for ``config`` and write the bundle; returns what was written."""
+    """Run the pipeline for ``config`` and write the bundle; returns what was written.
+
+    Everything is written into a staging folder inside the output directory and moved in at
+    the end, manifest last, under a lock: an interrupted build leaves the directory as it was,
+    and a second build into it fails fast instead of interleaving files.
+    """
     stage = on_stage or (lambda _name: None)
     stage("model")
     model = resolve_source(config, train_callback)
@@ -122,14 +139,37 @@ def build(
         inputs = int8_inputs(model.spec, config.calib, config.calib_data, config.eval_data)
     _check_engine_options(config)
     out = Path(config.output_dir) if config.output_dir else default_output_dir(model)
-    out.mkdir(parents=True, exist_ok=True)
-    # A stale manifest would describe files this build is about to replace; a stale engine
-    # would sit beside a bundle that no longer describes it.
-    for stale in (MANIFEST, ENGINE, ENGINE_LAYERS):
-        (out / stale).unlink(missing_ok=True)
+    created = not out.exists()
+    try:
+        return _build_locked(config, model, inputs, out, stage, on_progress)
+    except BaseException:
+        if created:
+            remove_if_empty(out)
+        raise
 
+
+def _build_locked(
+    config: BuildConfig, model: LoadedModel, inputs: Int8Inputs | None, out: Path, stage: Callable[[str], None], on_progress: Any,
+) -> BuildResult:
+    with output_lock(out):
+        stale = remove_stale_staging(out)
+        if stale:
+            log.info("removed %d staging folder(s) left by an interrupted run", stale)
+        with staged_dir(out, last=(MANIFEST,), first_remove=(MANIFEST, *BUNDLE_FILES, BENCH_DIR)) as work:
+            result = _write_bundle(config, model, inputs, work, out, stage, on_progress)
+        result = relocate(result, work, out)
+        if config.bench:
+            stage("bench")
+            result.bench = quick_bench(out, on_progress)
+    return result
+
+
+def _write_bundle(
+    config: BuildConfig, model: LoadedModel, inputs: Int8Inputs | None, work: Path, out: Path, stage: Callable[[str], None],
+    on_progress: Any,
+) -> BuildResult:
     stage("export")
-    fp32 = out / FP32_ONNX
+    fp32 = work / FP32_ONNX
     export_result = None
     if model.kind == "onnx":
         with atomic_path(fp32) as tmp:
@@ -138,35 +178,55 @@ def build(
         export_result = onnx_from_torch(model.module, model.spec, fp32, config.export)
 
     stage("optimize")
-    optimized = optimize_onnx(fp32, out / OPTIMIZED_ONNX)
-    report = write_json_atomic(out / FUSION_REPORT, optimized.report.to_dict())
-    files = {"fp32_onnx": fp32, "optimized_onnx": optimized.path, "fusion_report": report, "labels": write_labels(out, model.spec)}
-    files.update(write_torch_model(out, model))
+    optimized = optimize_onnx(fp32, work / OPTIMIZED_ONNX)
+    report = write_json_atomic(work / FUSION_REPORT, optimized.report.to_dict())
+    files = {"fp32_onnx": fp32, "optimized_onnx": optimized.path, "fusion_report": report, "labels": write_labels(work, model.spec)}
+    files.update(write_torch_model(work, model))
 
     calibration = None
     if inputs is not None:
         stage("calibrate")
-        calibration = calibrate_model(optimized.path, model.spec, out, config.calib, inputs, on_progress=on_progress)
+        calibration = calibrate_model(optimized.path, model.spec, work, config.calib, inputs, on_progress=on_progress)
         files.update({
             "qdq_onnx": calibration.qdq_path, "cpu_int8_onnx": calibration.cpu_path, "calibration_cache": calibration.cache_path,
             "scales": calibration.scales_path, "accuracy": calibration.accuracy_path,
         })
     if config.precision == Precision.fp16:
-        files["fp16_onnx"] = write_fp16(optimized.path, out / FP16_ONNX)
+        files["fp16_onnx"] = write_fp16(optimized.path, work / FP16_ONNX)
 
     stage("build")
-    engine, plan, target = build_engine_into(out, config.precision, model.spec, files, config.engine, config.calib.trt_version)
+    engine_cfg = replace(config.engine, timing_cache=config.engine.timing_cache or out / TIMING_CACHE)
+    engine, plan, target = build_engine_into(work, config.precision, model.spec, files, engine_cfg, config.calib.trt_version)
     if engine is not None:
-        files.update(engine_files(engine))
+        files.update(engine_files(engine, out))
 
     stage("manifest")
     doc = manifest_doc(model, files, export_result, optimized, calibration, config.precision, engine, plan, target)
-    manifest = write_manifest(out, doc, files)
-    result = BuildResult(out, manifest, model, export_result, optimized, calibration, files, engine, plan, target)
-    if config.bench:
-        stage("bench")
-        result.bench = quick_bench(out, on_progress)
-    return result
+    manifest = write_manifest(work, doc, files)
+    return BuildResult(out, manifest, model, export_result, optimized, calibration, files, engine, plan, target)
+
+
+def relocate(obj: Any, old: Path, new: Path) -> Any:
+    """Rewrite every Path under ``old`` (in dataclasses, dicts and lists, in place) to ``new``."""
+    import dataclasses
+
+    def move(value: Any) -> Any:
+        if isinstance(value, Path):
+            return new / value.relative_to(old) if value.is_relative_to(old) else value
+        if isinstance(value, dict):
+            for k, v in value.items():
+                value[k] = move(v)
+            return value
+        if isinstance(value, list):
+            value[:] = [move(v) for v in value]
+            return value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                object.__setattr__(value, f.name, move(getattr(value, f.name)))
+            return value
+        return value
+
+    return move(obj)
 
 
 # The build's closing benchmark: enough runs for a stable median, a few seconds per backend.
@@ -229,7 +289,6 @@ def build_engine_into(
     """Build the engine where TensorRT and a GPU are present; otherwise say so and return the plan
     the target will use (for the manifest)."""
     target = build_target()
-    cfg = replace(cfg, timing_cache=cfg.timing_cache or out / TIMING_CACHE)
     if not target.can_build:
         log.info("%s", target.explanation)
         version = cfg.target_trt_version or cache_version
@@ -243,11 +302,12 @@ def build_engine_into(
     return engine, plan, target
 
 
-def engine_files(engine: EngineResult) -> dict[str, Path]:
+def engine_files(engine: EngineResult, bundle_dir: Path | None = None) -> dict[str, Path]:
     files = {"engine": engine.path}
     if engine.layers_path is not None:
         files["engine_layers"] = engine.layers_path
-    if engine.timing_cache is not None and engine.timing_cache.parent == engine.path.parent:
+    homes = {engine.path.parent, bundle_dir or engine.path.parent}
+    if engine.timing_cache is not None and engine.timing_cache.parent in homes and engine.timing_cache.name == TIMING_CACHE:
         files["timing_cache"] = engine.timing_cache
     return files
 
@@ -348,33 +408,34 @@ def build_from_bundle(
     stage = on_stage or (lambda _name: None)
     stage("bundle")
     manifest = read_manifest(bundle_dir)
-    precision = precision or Precision(manifest.precision or "fp32")
-    wanted = [r for r in ("optimized_onnx", "qdq_onnx", "fp16_onnx", "calibration_cache", "fusion_report") if manifest.has(r)]
-    verify(manifest, wanted)
-    target = build_target()
-    if not target.can_build:
-        raise MissingDependencyError(
-            f"--from-bundle builds a TensorRT engine, but there is {target.explanation.split(' here')[0]} here",
-            "Run it on the NVIDIA machine (Jetson or GPU server) that will run the engine",
+    with output_lock(manifest.dir):
+        precision = precision or Precision(manifest.precision or "fp32")
+        wanted = [r for r in ("optimized_onnx", "qdq_onnx", "fp16_onnx", "calibration_cache", "fusion_report") if manifest.has(r)]
+        verify(manifest, wanted)
+        target = build_target()
+        if not target.can_build:
+            raise MissingDependencyError(
+                f"--from-bundle builds a TensorRT engine, but there is {target.explanation.split(' here')[0]} here",
+                "Run it on the NVIDIA machine (Jetson or GPU server) that will run the engine",
+            )
+        files = {role: manifest.file(role) for role in manifest.files}
+        if precision == Precision.fp16 and "fp16_onnx" not in files:
+            files["fp16_onnx"] = write_fp16(files["optimized_onnx"], manifest.dir / FP16_ONNX)
+        cfg = replace(cfg, timing_cache=cfg.timing_cache or manifest.dir / TIMING_CACHE)
+        stage("build")
+        plan = plan_engine(precision, target.trt_version, files, INPUT_NAME, manifest.spec.input_shape, cfg)
+        log.warning("%s", plan.reason)
+        engine = engine_from_onnx(
+            plan, manifest.dir, blocks=read_blocks(files["fusion_report"]) if "fusion_report" in files else [],
+            node_names=node_names_by_output(files["optimized_onnx"]),
         )
-    files = {role: manifest.file(role) for role in manifest.files}
-    if precision == Precision.fp16 and "fp16_onnx" not in files:
-        files["fp16_onnx"] = write_fp16(files["optimized_onnx"], manifest.dir / FP16_ONNX)
-    cfg = replace(cfg, timing_cache=cfg.timing_cache or manifest.dir / TIMING_CACHE)
-    stage("build")
-    plan = plan_engine(precision, target.trt_version, files, INPUT_NAME, manifest.spec.input_shape, cfg)
-    log.warning("%s", plan.reason)
-    engine = engine_from_onnx(
-        plan, manifest.dir, blocks=read_blocks(files["fusion_report"]) if "fusion_report" in files else [],
-        node_names=node_names_by_output(files["optimized_onnx"]),
-    )
-    files.update(engine_files(engine))
-    stage("manifest")
-    doc = dict(manifest.doc)
-    doc.update({
-        "precision": precision.value, "engine": engine_summary(engine, target), "engine_plan": plan.to_dict(),
-        "nvidia": {"tensorrt": target.trt_version, "gpu": target.gpu.to_dict() if target.gpu else None},
-        "rebuilt": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    })
-    path = write_manifest(manifest.dir, doc, files)
-    return RebuildResult(manifest.dir, path, engine, plan, target)
+        files.update(engine_files(engine))
+        stage("manifest")
+        doc = dict(manifest.doc)
+        doc.update({
+            "precision": precision.value, "engine": engine_summary(engine, target), "engine_plan": plan.to_dict(),
+            "nvidia": {"tensorrt": target.trt_version, "gpu": target.gpu.to_dict() if target.gpu else None},
+            "rebuilt": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+        path = write_manifest(manifest.dir, doc, files)
+        return RebuildResult(manifest.dir, path, engine, plan, target)

@@ -38,7 +38,7 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module; importing them is cheap (no torch at import).
-    from rescompile.cli import train, export, optimize, calibrate, build, bench, predict, compare, models  # noqa: F401, I001
+    from rescompile.cli import train, export, optimize, calibrate, build, bench, predict, compare, models, doctor  # noqa: F401, I001
 
 
 _register()

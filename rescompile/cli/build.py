@@ -14,7 +14,7 @@ from rescompile.cli.calibrate import (
     C, CalibBatch, CalibData, DataDirOpt, EvalData, MaxDrop, Method, NumImages, Percentile, Sensitivity, TrtVersion,
     calib_config, data_config, print_calibration,
 )
-from rescompile.cli.export import ArchOpt, ClassesOpt, SizeOpt
+from rescompile.cli.export import ArchOpt, ClassesOpt, SizeOpt, TrustOpt
 from rescompile.config import EngineConfig, HardwareCompat, Int8Source, Precision
 from rescompile.errors import ConfigError
 
@@ -86,6 +86,7 @@ def build(
     ] = E.hardware_compatibility,
     version_compatible: Annotated[bool, typer.Option(help="Engine runs on later TensorRT releases of the same major version.")] = False,
     bench: Annotated[bool, typer.Option(help="End with a quick benchmark against FP32 PyTorch (batch 1 and 8).")] = True,
+    trust_checkpoint: TrustOpt = False,
     arch: ArchOpt = None,
     num_classes: ClassesOpt = None,
     input_size: SizeOpt = None,
@@ -120,7 +121,7 @@ def build(
         source=model, output_dir=output_dir, arch=arch, num_classes=num_classes, input_size=input_size, precision=precision or Precision.int8,
         calib=calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity),
         calib_data=data_config(calib_data, data_dir), eval_data=data_config(eval_data, data_dir), engine=engine,
-        bench=bench,
+        bench=bench, trust_checkpoint=trust_checkpoint,
     )
     with StepProgress(enabled=not json_out) as progress:
         result = run_build(

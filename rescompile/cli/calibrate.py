@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from rescompile.cli import app
-from rescompile._io import staged_dir
+from rescompile._io import output_lock, remove_if_empty, staged_dir
 from rescompile.cli._common import Json, StepProgress, err, guarded, out, print_json
-from rescompile.cli.export import ArchOpt, ClassesOpt, ModelArg, SizeOpt
+from rescompile.cli.export import ArchOpt, ClassesOpt, ModelArg, SizeOpt, TrustOpt
 from rescompile.config import CalibConfig, CalibMethod, DataConfig
 
 C = CalibConfig()
@@ -102,8 +102,10 @@ def calibrate(
     batch_size: CalibBatch = C.batch_size,
     trt_version: TrtVersion = C.trt_version,
     from_cache: Annotated[Path | None, typer.Option(help="Import scales from an existing TensorRT calibration cache instead of calibrating.")] = None,
+    from_scales: Annotated[Path | None, typer.Option(help="Import scales from the scales.json of an earlier calibration instead of calibrating.")] = None,
     max_accuracy_drop: MaxDrop = None,
     sensitivity: Sensitivity = False,
+    trust_checkpoint: TrustOpt = False,
     arch: ArchOpt = None,
     num_classes: ClassesOpt = None,
     input_size: SizeOpt = None,
@@ -114,17 +116,17 @@ def calibrate(
     from rescompile.pipeline import calibrate_model, int8_inputs, prepare_fp32
 
     config = calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity)
-    loaded = load_model(model, arch=arch, num_classes=num_classes, input_size=input_size)
+    loaded = load_model(model, arch=arch, num_classes=num_classes, input_size=input_size, trust_checkpoint=trust_checkpoint)
     # Data (or cache) is loaded and checked first: bad input leaves the output directory untouched.
-    inputs = int8_inputs(loaded.spec, config, data_config(data, data_dir), data_config(eval_data, data_dir), from_cache)
+    inputs = int8_inputs(loaded.spec, config, data_config(data, data_dir), data_config(eval_data, data_dir), from_cache, from_scales)
     created = not output_dir.exists()
     try:
-        with staged_dir(output_dir) as stage, StepProgress(enabled=not json_out) as progress:
+        with output_lock(output_dir), staged_dir(output_dir) as stage, StepProgress(enabled=not json_out) as progress:
             optimized = prepare_fp32(loaded, stage)
             cal = calibrate_model(optimized, loaded.spec, stage, config, inputs, on_progress=progress)
     except BaseException:
-        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
-            output_dir.rmdir()
+        if created:
+            remove_if_empty(output_dir)
         raise
     for name in ("qdq_path", "cpu_path", "cache_path", "scales_path", "accuracy_path"):
         setattr(cal, name, output_dir / getattr(cal, name).name)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rescompile._io import expand_user
 from rescompile.config import DataConfig
 from rescompile.data import cifar
 from rescompile.data.images import IMAGE_SUFFIXES, ArrayImages, FileImages, ImageSet, stratified_split
@@ -56,7 +57,7 @@ def load_dataset(config: DataConfig | str = DataConfig(), input_size: int | None
     elif name in ("cifar10", "cifar-10"):
         splits = _cifar10(config)
     else:
-        path = Path(name).expanduser()
+        path = expand_user(name)
         if not path.exists():
             raise DataError(
                 f"dataset {name!r} is neither a known name nor an existing path",
@@ -228,34 +229,133 @@ def images_from_array(array: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _arrays(path: Path, config: DataConfig) -> DatasetSplits:
+# Bounds on what an array file may declare, checked before numpy allocates anything.
+MAX_ARRAY_BYTES = 8 << 30
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a label past this is a damaged file
+
+
+def _checked_array(fp, source: str, available: int) -> np.ndarray:
+    """Read one .npy stream after checking its header: no object (pickled) arrays, and no shape
+    bigger than the bytes that are there. numpy raises a zoo of exception types for damaged
+    headers and data (ValueError, EOFError, tokenize.TokenError, MemoryError, zlib.error, ...):
+    every one becomes a DataError."""
+    fmt = np.lib.format
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} as a numpy array file ({exc})", "Save it with numpy.save/savez") from exc
+        start = fp.tell()
+        version = fmt.read_magic(fp)
+        reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _fortran, dtype = reader(fp)
+        header = fp.tell() - start
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        raise DataError(f"{source} has a damaged numpy header ({exc.__class__.__name__})", "Save the array again with numpy.save") from None
+    if dtype.hasobject:
+        raise DataError(f"{source} holds Python objects (a pickled array), which are never loaded", "Save plain numeric arrays")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES or nbytes > available - header:
+        raise DataError(
+            f"{source} declares a {'x'.join(map(str, shape))} {dtype} array ({nbytes} bytes) but holds {max(0, available - header)}",
+            "The file is damaged or truncated: save it again",
+        )
+    try:
+        fp.seek(start)
+        return fmt.read_array(fp, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        raise DataError(f"cannot read {source} ({exc.__class__.__name__})", "Save the array again with numpy.save") from None
+
+
+def _npz_member(zf, name: str, source: str) -> np.ndarray:
+    info = zf.getinfo(name)
+    with zf.open(info) as fp:
+        return _checked_array(_Seekable(fp), f"{source}[{name[:-4]}]", info.file_size)
+
+
+class _Seekable:
+    """Zip members cannot seek back; numpy needs to re-read the header once (at most a few KB)."""
+
+    def __init__(self, fp) -> None:
+        self._fp, self._buf, self._pos = fp, b"", 0
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int) -> None:
+        if pos > len(self._buf):
+            raise ValueError("cannot seek forward")
+        self._pos = pos
+
+    def read(self, n: int = -1) -> bytes:
+        out = b""
+        if self._pos < len(self._buf):
+            out = self._buf[self._pos : self._pos + n] if n >= 0 else self._buf[self._pos :]
+            self._pos += len(out)
+            if n >= 0:
+                n -= len(out)
+        if n != 0:
+            more = self._fp.read(n) if n > 0 else self._fp.read()
+            if len(self._buf) < 1 << 16:  # keep the start (the header) for one seek back
+                self._buf += more
+            self._pos += len(more)
+            out += more
+        return out
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _labels(raw: np.ndarray, source: str) -> np.ndarray:
+    arr = np.asarray(raw).reshape(-1)
+    if arr.dtype.kind == "f" and arr.size and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{source}: labels of type {arr.dtype} are not class indices", "Store labels as integers 0..K-1")
+    return arr.astype(np.int64)
+
+
+def _arrays(path: Path, config: DataConfig) -> DatasetSplits:
+    import zipfile
+
     labels = None
     classes: tuple[str, ...] = ()
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = set(loaded.files)
-            key = next((k for k in ("images", "x", "data") if k in keys), None)
-            if key is None:
-                raise DataError(f"{path} has arrays {sorted(keys)} but no 'images'", "Save images under the key 'images'")
-            images = images_from_array(loaded[key], f"{path}[{key}]")
-            lkey = next((k for k in ("labels", "y", "targets") if k in keys), None)
-            if lkey is not None:
-                labels = np.asarray(loaded[lkey]).astype(np.int64).reshape(-1)
-            if "classes" in keys:
-                classes = tuple(str(c) for c in loaded["classes"])
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                keys = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+                key = next((k for k in ("images", "x", "data") if k in keys), None)
+                if key is None:
+                    raise DataError(f"{path} has arrays {sorted(keys)[:10]} but no 'images'", "Save images under the key 'images'")
+                images = images_from_array(_npz_member(zf, key + ".npy", str(path)), f"{path}[{key}]")
+                lkey = next((k for k in ("labels", "y", "targets") if k in keys), None)
+                if lkey is not None:
+                    labels = _labels(_npz_member(zf, lkey + ".npy", str(path)), str(path))
+                if "classes" in keys:
+                    names = _npz_member(zf, "classes.npy", str(path)).reshape(-1)
+                    if names.dtype.kind not in "USiu":
+                        raise DataError(f"{path}: class names of type {names.dtype}", "Store class names as strings")
+                    classes = tuple(str(c)[:200] for c in names)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise DataError(f"cannot read {path} as a .npz archive ({exc.__class__.__name__})", "Save it again with numpy.savez") from None
     else:
-        images = images_from_array(loaded, str(path))
+        try:
+            with open(path, "rb") as fp:
+                array = _checked_array(fp, str(path), size)
+        except OSError as exc:
+            raise DataError(f"cannot read {path} ({exc.strerror or exc})", "Check the file") from None
+        images = images_from_array(array, str(path))
     if labels is not None:
         if len(labels) != len(images):
             raise DataError(f"{path}: {len(images)} images but {len(labels)} labels", "Store one label per image")
         if labels.min() < 0:
             raise DataError(f"{path}: negative labels", "Labels must be class indices 0..K-1")
+        top = int(labels.max())
+        if classes and top >= len(classes):
+            raise DataError(f"{path}: label {top} but only {len(classes)} class names", "Labels must index the 'classes' array")
+        if top >= MAX_CLASSES:
+            raise DataError(f"{path}: label {top} is beyond {MAX_CLASSES} classes", "The labels are damaged: save them again")
         if not classes:
-            classes = tuple(str(i) for i in range(int(labels.max()) + 1))
+            classes = tuple(str(i) for i in range(top + 1))
     full = ArrayImages(images, labels, classes)
     val_idx, test_idx, train_idx = stratified_split(
         labels, len(images), (config.val_fraction, config.test_fraction), config.seed

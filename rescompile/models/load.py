@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rescompile._io import expand_user
 from rescompile.errors import ModelError
 from rescompile.models.checkpoint import is_rescompile_checkpoint
 from rescompile.models.registry import ARCHITECTURES, arch_info, create_model, default_preprocessing, resolve_options
@@ -56,7 +57,7 @@ def load_model(
     text = str(source)
     if text.lower() in ARCHITECTURES and not Path(text).exists():
         return _from_name(text.lower(), num_classes, input_size, pretrained)
-    path = Path(text).expanduser()
+    path = expand_user(text)
     if not path.exists():
         raise ModelError(
             f"no such model file or architecture name: {text!r}",
@@ -156,7 +157,7 @@ def _torch_load(path: Path, trust: bool) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if "GLOBAL" not in str(exc):  # not a refused object: the bytes themselves are bad
+        if "GLOBAL" not in str(exc) and not _imports_objects(path):  # not a refused object: the bytes themselves are bad
             raise ModelError(f"{path} is not a readable PyTorch checkpoint (corrupt pickle)", "Check the file") from exc
         raise ModelError(
             f"{path} holds Python objects that a weights-only load refuses (loading it could run code from the file)",
@@ -164,6 +165,29 @@ def _torch_load(path: Path, trust: bool) -> Any:
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path} is not a readable PyTorch checkpoint ({exc.__class__.__name__})", "Check the file") from exc
+
+
+# Opcodes by which a pickle names Python objects to import and call: what a weights-only load refuses.
+_OBJECT_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _imports_objects(path: Path) -> bool:
+    """Whether the checkpoint's pickle stream imports Python objects (read with pickletools,
+    which only decodes opcodes and never executes anything). Both a bare pickle and PyTorch's
+    zip format (its data.pkl) are understood; anything unreadable counts as no."""
+    import pickletools
+
+    try:
+        data = path.read_bytes()
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return False
+                data = zf.read(name)
+        return any(op.name in _OBJECT_OPCODES for op, _arg, _pos in pickletools.genops(data))
+    except Exception:  # truncated or not a pickle at all: "corrupt", not "refused"
+        return False
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, Any] | None:

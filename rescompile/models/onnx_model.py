@@ -23,6 +23,9 @@ def load_onnx(path: Path):
         model = onnx.load(str(path))
     except (DecodeError, RuntimeWarning, ValueError, OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})", "Re-export it") from exc
+    except onnx.checker.ValidationError as exc:  # external data outside the model's folder, missing, or a link
+        raise ModelError(f"{path} refers to weight data it may not read ({str(exc).splitlines()[0][:160]})",
+                         "Keep external weight files next to the model, or save the model with its weights inside") from exc
     if not model.graph.node:
         raise ModelError(f"{path} is not a readable ONNX model (it has no graph nodes)", "Re-export it")
     return model
@@ -73,7 +76,7 @@ def spec_from_onnx(model, path: Path, *, input_size: int | None = None, num_clas
     if ONNX_METADATA_KEY in meta:
         try:
             return ModelSpec.from_dict(json.loads(meta[ONNX_METADATA_KEY]))
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # bad JSON, 4300+ digit numbers, deep nesting
             raise ModelError(f"{path} has a corrupt {ONNX_METADATA_KEY} metadata entry", "Re-export it") from exc
     h, w = in_dims[2], in_dims[3]
     static = h if isinstance(h, int) and h == w else None

@@ -55,5 +55,5 @@ class ModelSpec:
                 options=dict(d.get("options") or {}),
                 dataset=d.get("dataset"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError, AttributeError) as exc:
             raise ModelError(f"malformed model spec ({exc.__class__.__name__}: {exc})", "Re-export the model") from exc

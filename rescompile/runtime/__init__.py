@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rescompile._io import expand_user
 from rescompile import nvidia
 from rescompile.bundle import MANIFEST, BundleError, Manifest, read_manifest, verify
 from rescompile.errors import ConfigError, ModelError
@@ -71,7 +72,7 @@ def load(
     if backend is not None and backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}", f"Use one of: {', '.join(BACKENDS)}, or None to choose")
     text = os.fspath(path)
-    p = Path(text).expanduser()
+    p = expand_user(text)
     if p.is_dir() or (p.name == MANIFEST and p.is_file()):
         return _load_bundle(read_manifest(p), backend, providers, threads, verify_files)
     suffix = p.suffix.lower()

@@ -115,12 +115,12 @@ def test_from_bundle_path_never_imports_pytorch(int8_bundle):
     assert done.returncode == 0, done.stderr
 
 
-def test_an_interrupted_build_leaves_no_manifest(trained, tmp_path, monkeypatch):
+def test_an_interrupted_build_leaves_the_old_bundle_complete(trained, tmp_path, monkeypatch):
     import rescompile.pipeline as pipeline
 
     out = tmp_path / "b"
     assert invoke("build", "--no-bench", trained.checkpoint, "-o", out, "--precision", "fp32").exit_code == 0
-    assert (out / "manifest.json").exists()
+    before = (out / "manifest.json").read_bytes()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -128,9 +128,11 @@ def test_an_interrupted_build_leaves_no_manifest(trained, tmp_path, monkeypatch)
     monkeypatch.setattr(pipeline, "calibrate_model", interrupted)
     res = invoke("build", "--no-bench", trained.checkpoint, "-o", out, *FAST)
     assert res.exit_code == 130 and "interrupted" in res.stderr
-    # the old manifest would describe files this build was replacing: it is gone, not stale
-    assert not (out / "manifest.json").exists()
-    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+    # the manifest still describes the files beside it: nothing of the interrupted build is left
+    assert (out / "manifest.json").read_bytes() == before
+    m = read_manifest(out)
+    assert set(verify(m)) == set(m.files) and m.precision == "fp32"
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial") or p.name.startswith(".staging-")]
 
 
 def test_the_runtime_runs_the_bundle_it_built(int8_bundle):

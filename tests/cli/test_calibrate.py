@@ -118,3 +118,24 @@ def test_build_int8_with_auto_and_max_drop(trained, tmp_path):
     acc = json.loads((out / "accuracy.json").read_text())
     assert len(acc["auto_candidates"]) == 5 and len(acc["sensitivity"]) == 22
     assert acc["accuracy"]["int8_tensorrt_reference"]["drop_points"] <= 0.5
+
+
+def test_calibrate_from_scales_json(trained, tmp_path):
+    first = tmp_path / "a"
+    assert invoke("calibrate", trained.checkpoint, "--data", SAMPLES, *FAST, "-o", first).exit_code == 0
+    res = invoke("calibrate", first / "model_fp32.onnx", "--from-scales", first / "scales.json", "-o", tmp_path / "b", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["method"] == "scales.json"
+    assert read_cache(tmp_path / "b" / "calibration.cache").scales == read_cache(first / "calibration.cache").scales
+    doc = json.loads((first / "scales.json").read_text())
+    doc["tensors"]["not/in/the/model"] = {"amax": 1.0}
+    (tmp_path / "foreign.json").write_text(json.dumps(doc))
+    one_line_error(invoke("calibrate", first / "model_fp32.onnx", "--from-scales", tmp_path / "foreign.json", "-o", tmp_path / "c"),
+                   "not in the model")
+    doc["tensors"] = {"input": {"amax": -1}}
+    (tmp_path / "negative.json").write_text(json.dumps(doc))
+    one_line_error(invoke("calibrate", first / "model_fp32.onnx", "--from-scales", tmp_path / "negative.json", "-o", tmp_path / "c"),
+                   "not a positive finite number")
+    one_line_error(invoke("calibrate", first / "model_fp32.onnx", "--from-scales", first / "scales.json", "--from-cache",
+                          first / "calibration.cache", "-o", tmp_path / "c"), "not both")
+    assert files_under(tmp_path / "c") == set()

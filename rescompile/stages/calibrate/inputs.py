@@ -68,6 +68,7 @@ class Int8Inputs:
     val: ImageSet | None  # labelled held-out split (--method auto, sensitivity)
     test: ImageSet | None  # labelled split for the FP32-vs-INT8 accuracy check
     cache: CalibrationCache | None = None
+    scales: dict[str, float] | None = None  # amax per tensor from an earlier scales.json
 
 
 def check_calibration_images(images: ImageSet, spec: ModelSpec, source: str) -> None:
@@ -82,11 +83,18 @@ def check_calibration_images(images: ImageSet, spec: ModelSpec, source: str) -> 
 
 def int8_inputs(
     spec: ModelSpec, calib: CalibConfig, calib_data: DataConfig | None, eval_data: DataConfig | None, from_cache: Path | None = None,
+    from_scales: Path | None = None,
 ) -> Int8Inputs:
-    """Load calibration and evaluation data (or the cache) for the INT8 stage; raise on bad input."""
-    cache = None
+    """Load calibration and evaluation data (or the cache, or a scales.json) for the INT8 stage; raise on bad input."""
+    from rescompile.stages.calibrate.scales import read_scales
+
+    cache, scales = None, None
     images, name = None, ""
-    if from_cache is not None:
+    if from_cache is not None and from_scales is not None:
+        raise ConfigError("give --from-cache or --from-scales, not both", "Drop one of them")
+    if from_scales is not None:
+        scales = read_scales(from_scales)
+    elif from_cache is not None:
         cache = read_cache(from_cache)
         try:  # the Q/DQ model does not depend on the tag, but the cache re-written here will carry ours
             check_cache_for(cache, trt_version=calib.trt_version, tensor_names=None)
@@ -97,7 +105,7 @@ def int8_inputs(
         check_calibration_images(images, spec, name)
         check_image_count(len(images), calib)
     val, test = evaluation_images(spec, eval_data, calib_data)
-    return Int8Inputs(images, name, val, test, cache)
+    return Int8Inputs(images, name, val, test, cache, scales)
 
 
 def calibrate_model(
@@ -108,5 +116,5 @@ def calibrate_model(
 
     return calibrate(
         onnx.load(str(fp32)), spec, out, images=inputs.images, config=calib, eval_test=inputs.test, eval_val=inputs.val,
-        from_cache=inputs.cache, data_name=inputs.name, on_progress=on_progress,
+        from_cache=inputs.cache, from_scales=inputs.scales, data_name=inputs.name, on_progress=on_progress,
     )

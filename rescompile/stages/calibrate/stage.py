@@ -152,6 +152,7 @@ def calibrate(
     eval_test: ImageSet | None = None,
     eval_val: ImageSet | None = None,
     from_cache: CalibrationCache | None = None,
+    from_scales: dict[str, float] | None = None,
     data_name: str = "",
     on_progress: Progress | None = None,
 ) -> CalibrationResult:
@@ -166,17 +167,29 @@ def calibrate(
     candidates: list[dict] = []
     stats: dict[str, TensorStats] = {}
     holdout = Evaluator(fp32, eval_val, spec.preprocessing) if eval_val is not None and len(eval_val) else None
-    if from_cache is not None:
-        for warning in check_cache_for(from_cache, trt_version=None, tensor_names=tensors):
-            log.warning(warning)
-        amax = {t: from_cache.amax(t) for t in tensors if t in from_cache.scales}
-        method, pct = f"cache:{from_cache.algorithm}", None
-        provenance.update({"source": "calibration cache", "cache_version": from_cache.version})
+    if from_cache is not None or from_scales is not None:
+        if from_cache is not None:
+            for warning in check_cache_for(from_cache, trt_version=None, tensor_names=tensors):
+                log.warning(warning)
+            amax = {t: from_cache.amax(t) for t in tensors if t in from_cache.scales}
+            method, pct, what = f"cache:{from_cache.algorithm}", None, "cache"
+            provenance.update({"source": "calibration cache", "cache_version": from_cache.version})
+        else:
+            known = set(tensors)
+            unknown = [t for t in from_scales if t not in known]
+            if unknown:
+                raise DataError(
+                    f"{len(unknown)} tensor(s) in the scales file are not in the model, e.g. {unknown[0]!r}",
+                    "The scales belong to another model or another export of it: calibrate again",
+                )
+            amax = {t: from_scales[t] for t in tensors if t in from_scales}
+            method, pct, what = "scales.json", None, "scales file"
+            provenance.update({"source": "scales.json"})
         missing = [t for t in required_tensors(fp32) if t not in amax]
         if missing:
             raise DataError(
-                f"the cache has no scale for {len(missing)} tensor(s) the INT8 model needs, e.g. {missing[0]!r}",
-                "Use a cache written for this model",
+                f"the {what} has no scale for {len(missing)} tensor(s) the INT8 model needs, e.g. {missing[0]!r}",
+                f"Use a {what} written for this model",
             )
     else:
         if images is None:
