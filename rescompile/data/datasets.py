@@ -145,6 +145,8 @@ def _readable(paths: list[Path], labels: list[int], where: Path) -> tuple[list[P
     good_paths, good_labels, bad = [], [], []
     for path, label in zip(paths, labels):
         try:
+            if path.stat().st_size > MAX_IMAGE_FILE_BYTES:  # not an image a classifier is calibrated on
+                raise ValueError("too large")
             with Image.open(path) as img:
                 img.verify()
         except Exception:  # Pillow raises many types for corrupt files
@@ -229,6 +231,7 @@ def images_from_array(array: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+MAX_IMAGE_FILE_BYTES = 64 << 20  # a 224x224 (or even 4K) photo is far smaller
 # Bounds on what an array file may declare, checked before numpy allocates anything.
 MAX_ARRAY_BYTES = 8 << 30
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a label past this is a damaged file

@@ -19,6 +19,9 @@ def load_onnx(path: Path):
     import onnx
     from google.protobuf.message import DecodeError
 
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if size >= 2 << 30:  # protobuf's hard limit: such a file cannot be a valid single-file model
+        raise ModelError(f"{path} is {size} bytes, over the 2 GiB limit of a single ONNX file", "Save large models with external data")
     try:
         model = onnx.load(str(path))
     except (DecodeError, RuntimeWarning, ValueError, OSError, UnicodeDecodeError) as exc:

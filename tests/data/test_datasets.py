@@ -185,3 +185,19 @@ def test_stratified_split_keeps_class_proportions():
     assert (len(val), len(test), len(train)) == (10, 20, 70)
     assert all((labels[val] == c).sum() == 2 for c in range(5))
     assert not set(val) & set(train)
+
+
+def test_oversized_image_files_are_skipped_unread(tmp_path, monkeypatch, caplog):
+    import rescompile.data.datasets as datasets
+
+    from tests.conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", per_class=4, size=16)
+    sizes = {p: p.stat().st_size for p in root.rglob("*.png")}
+    limit = max(sizes.values()) - 1
+    monkeypatch.setattr(datasets, "MAX_IMAGE_FILE_BYTES", limit)
+    too_big = [p for p, n in sizes.items() if n > limit]
+    splits = load_dataset(str(root))
+    total = len(splits.train) + len(splits.val) + len(splits.test)
+    assert total == len(sizes) - len(too_big) and too_big
+    assert f"skipped {len(too_big)} unreadable image file" in caplog.text
