@@ -40,6 +40,11 @@ def rescompile_home() -> Path:
     return Path(base) / "rescompile"
 
 
+def default_bundle_dir() -> Path:
+    """Where `rescompile build` with no arguments writes the embedded default's bundle."""
+    return rescompile_home() / "builds" / f"{DEFAULT_ARCH}-{DEFAULT_DATASET}"
+
+
 def sample_calibration_dir() -> Path | None:
     """The repository's real digit calibration images (calibration/digits), when this is a checkout."""
     folder = Path(__file__).resolve().parent.parent / "calibration" / "digits"

@@ -6,10 +6,11 @@ never points at a missing or partial file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from rescompile._io import (
     atomic_path, output_lock, remove_if_empty, remove_stale_staging, sha256_file, staged_dir, write_bytes_atomic, write_json_atomic,
 )
 from rescompile.config import (
-    DEFAULT_ARCH, DEFAULT_DATASET, INPUT_NAME, OUTPUT_NAME, BenchConfig, BuildConfig, DataConfig, EngineConfig, Precision, TrainConfig,
+    DEFAULT_ARCH, DEFAULT_DATASET, INPUT_NAME, OUTPUT_NAME, BenchConfig, BuildConfig, CalibConfig, DataConfig, EngineConfig, ExportConfig, Precision,
+    TrainConfig,
     rescompile_home,
 )
 from rescompile.models.spec import ModelSpec
@@ -31,7 +33,7 @@ from rescompile.stages.build import (
 from rescompile.stages.calibrate.inputs import (  # noqa: F401  (re-exported: the pipeline's API)
     Int8Inputs, calibrate_model, calibration_images, check_calibration_images, evaluation_images, int8_inputs,
 )
-from rescompile.stages.calibrate.stage import CalibrationResult
+from rescompile.stages.calibrate.stage import ACCURACY, CACHE, CPU_ONNX, QDQ_ONNX, SCALES, CalibrationResult
 from rescompile.models.load import LoadedModel, load_model
 from rescompile.stages.export import ExportResult, onnx_from_torch
 from rescompile.stages.optimize import OptimizeResult, optimize_onnx
@@ -51,8 +53,7 @@ FUSION_REPORT = "fusion_report.json"
 # Every file a build may write: a new build removes the ones it does not write again.
 BUNDLE_FILES = (
     FP32_ONNX, OPTIMIZED_ONNX, FP16_ONNX, FUSION_REPORT, LABELS, CHECKPOINT, TORCHSCRIPT,
-    "model_int8_qdq.onnx", "model_int8_cpu.onnx", "calibration.cache", "scales.json", "accuracy.json",
-    "model.engine", "engine_layers.json",
+    QDQ_ONNX, CPU_ONNX, CACHE, SCALES, ACCURACY, ENGINE, ENGINE_LAYERS,
 )
 # The embedded default's training recipe: reaches >= 97% test accuracy on digits in
 # about two minutes on 2 CPU cores (benchmarks/train_digits.py measures it).
@@ -92,17 +93,27 @@ class BuildResult:
     bench: Any = None  # rescompile.bench.BenchReport of the closing benchmark
 
 
-def prepare_fp32(model: LoadedModel, out: Path) -> Path:
-    """Write the optimized FP32 ONNX of a loaded model into ``out`` (what calibrate needs)."""
+def export_and_optimize(
+    model: LoadedModel, out: Path, export: ExportConfig = ExportConfig(), stage: Callable[[str], None] = lambda _name: None,
+) -> tuple[ExportResult | None, OptimizeResult]:
+    """Write the FP32 ONNX (exported, or copied when the source is ONNX) and the optimized ONNX into ``out``."""
+    stage("export")
     out.mkdir(parents=True, exist_ok=True)
     fp32 = out / FP32_ONNX
+    export_result = None
     if model.kind == "onnx":
         if model.onnx_path.resolve() != fp32.resolve():
             with atomic_path(fp32) as tmp:
                 shutil.copyfile(model.onnx_path, tmp)
     else:
-        onnx_from_torch(model.module, model.spec, fp32)
-    return optimize_onnx(fp32, out / OPTIMIZED_ONNX).path
+        export_result = onnx_from_torch(model.module, model.spec, fp32, export)
+    stage("optimize")
+    return export_result, optimize_onnx(fp32, out / OPTIMIZED_ONNX)
+
+
+def prepare_fp32(model: LoadedModel, out: Path) -> Path:
+    """Write the optimized FP32 ONNX of a loaded model into ``out`` (what calibrate needs)."""
+    return export_and_optimize(model, out)[1].path
 
 
 def default_output_dir(model: LoadedModel) -> Path:
@@ -139,22 +150,7 @@ def build(
         inputs = int8_inputs(model.spec, config.calib, config.calib_data, config.eval_data)
     _check_engine_options(config)
     out = Path(config.output_dir) if config.output_dir else default_output_dir(model)
-    created = not out.exists()
-    try:
-        return _build_locked(config, model, inputs, out, stage, on_progress)
-    except BaseException:
-        if created:
-            remove_if_empty(out)
-        raise
-
-
-def _build_locked(
-    config: BuildConfig, model: LoadedModel, inputs: Int8Inputs | None, out: Path, stage: Callable[[str], None], on_progress: Any,
-) -> BuildResult:
-    with output_lock(out):
-        stale = remove_stale_staging(out)
-        if stale:
-            log.info("removed %d staging folder(s) left by an interrupted run", stale)
+    with writing_into(out):
         with staged_dir(out, last=(MANIFEST,), first_remove=(MANIFEST, *BUNDLE_FILES, BENCH_DIR)) as work:
             result = _write_bundle(config, model, inputs, work, out, stage, on_progress)
         result = relocate(result, work, out)
@@ -164,23 +160,41 @@ def _build_locked(
     return result
 
 
+@contextlib.contextmanager
+def writing_into(out: Path) -> Iterator[None]:
+    """One run's hold on an output folder: its lock (a second run fails fast), the staging folders a
+    killed run left removed, and no empty folder left behind by a run that failed into a new one."""
+    created = not out.exists()
+    try:
+        with output_lock(out):
+            stale = remove_stale_staging(out)
+            if stale:
+                log.info("removed %d staging folder(s) left by an interrupted run", stale)
+            yield
+    except BaseException:
+        if created:
+            remove_if_empty(out)
+        raise
+
+
+def calibrate_into(
+    model: LoadedModel, out: Path, calib: CalibConfig, inputs: Int8Inputs, on_progress: Any = None
+) -> CalibrationResult:
+    """`rescompile calibrate`: the FP32 and optimized ONNX plus every INT8 artifact, moved into
+    ``out`` together once all are written (staged, under the folder's lock)."""
+    with writing_into(out):
+        with staged_dir(out) as work:
+            calibration = calibrate_model(prepare_fp32(model, work), model.spec, work, calib, inputs, on_progress=on_progress)
+        return relocate(calibration, work, out)
+
+
 def _write_bundle(
     config: BuildConfig, model: LoadedModel, inputs: Int8Inputs | None, work: Path, out: Path, stage: Callable[[str], None],
     on_progress: Any,
 ) -> BuildResult:
-    stage("export")
-    fp32 = work / FP32_ONNX
-    export_result = None
-    if model.kind == "onnx":
-        with atomic_path(fp32) as tmp:
-            shutil.copyfile(model.onnx_path, tmp)
-    else:
-        export_result = onnx_from_torch(model.module, model.spec, fp32, config.export)
-
-    stage("optimize")
-    optimized = optimize_onnx(fp32, work / OPTIMIZED_ONNX)
+    export_result, optimized = export_and_optimize(model, work, config.export, stage)
     report = write_json_atomic(work / FUSION_REPORT, optimized.report.to_dict())
-    files = {"fp32_onnx": fp32, "optimized_onnx": optimized.path, "fusion_report": report, "labels": write_labels(work, model.spec)}
+    files = {"fp32_onnx": work / FP32_ONNX, "optimized_onnx": optimized.path, "fusion_report": report, "labels": write_labels(work, model.spec)}
     files.update(write_torch_model(work, model))
 
     calibration = None
@@ -312,7 +326,7 @@ def engine_files(engine: EngineResult, bundle_dir: Path | None = None) -> dict[s
     return files
 
 
-def cpu_artifact(files: dict[str, Path], precision: Precision) -> dict[str, Any]:
+def cpu_artifact(files: dict[str, Path]) -> dict[str, Any]:
     if "cpu_int8_onnx" in files:
         return {"path": files["cpu_int8_onnx"].name, "runtime": "onnxruntime", "precision": "int8"}
     return {"path": files["optimized_onnx"].name, "runtime": "onnxruntime", "precision": "fp32"}
@@ -346,7 +360,7 @@ def manifest_doc(
         "calibration": None if calibration is None else calibration_summary(calibration),
         "engine": None if engine is None else engine_summary(engine, target),
         "engine_plan": None if plan is None else plan.to_dict(),
-        "cpu_artifact": cpu_artifact(files, precision),
+        "cpu_artifact": cpu_artifact(files),
         "versions": library_versions(),
         "machine": machine(),
         "nvidia": {"tensorrt": target.trt_version, "gpu": target.gpu.to_dict() if target.gpu else None},
@@ -357,13 +371,10 @@ def manifest_doc(
 
 
 def calibration_summary(calibration: CalibrationResult) -> dict[str, Any]:
-    import json
-
-    provenance = json.loads(calibration.scales_path.read_text()).get("provenance", {})
     return {
         "method": calibration.method, "percentile": calibration.percentile, "images": calibration.images,
         "trt_cache_version": calibration.cache_version, "float_layers": calibration.float_layers,
-        "accuracy": calibration.accuracy, "lint_passed": calibration.lint.get("passed"), "provenance": provenance,
+        "accuracy": calibration.accuracy, "lint_passed": calibration.lint.get("passed"), "provenance": calibration.provenance,
     }
 
 

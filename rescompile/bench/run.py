@@ -17,7 +17,7 @@ from rescompile.bench.backends import Backend, OrtBackend, TorchBackend, TrtBack
 from rescompile.bench.env import PowerSampler, environment
 from rescompile.bench.timing import TimingBudget, TimingStats, measure
 from rescompile.bundle import Manifest, read_manifest
-from rescompile.config import BenchConfig, DataConfig
+from rescompile.config import BenchConfig, DataConfig, default_bundle_dir
 from rescompile.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,6 @@ class BenchReport:
             "accuracy": [a.__dict__ for a in self.accuracy],
             "verdict": self.verdict, "warnings": self.warnings,
         }
-
-
-def default_bundle() -> Path:
-    from rescompile.config import DEFAULT_ARCH, DEFAULT_DATASET, rescompile_home
-
-    return rescompile_home() / "builds" / f"{DEFAULT_ARCH}-{DEFAULT_DATASET}"
 
 
 def _torch_device(requested: str) -> str:
@@ -223,7 +217,7 @@ def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = N
     from rescompile.stages.calibrate.accuracy import compare
 
     progress = on_progress or (lambda _t, _d, _n: None)
-    bundle = Path(cfg.bundle) if cfg.bundle else default_bundle()
+    bundle = Path(cfg.bundle) if cfg.bundle else default_bundle_dir()
     if cfg.bundle is None and not bundle.exists():
         raise ConfigError(f"no bundle at {bundle}", "Run `rescompile build` first, or pass the bundle directory")
     if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:

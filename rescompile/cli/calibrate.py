@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from rescompile.cli import app
-from rescompile._io import output_lock, remove_if_empty, staged_dir
 from rescompile.cli._common import Json, StepProgress, err, guarded, out, print_json
 from rescompile.cli.export import ArchOpt, ClassesOpt, ModelArg, SizeOpt, TrustOpt
 from rescompile.config import CalibConfig, CalibMethod, DataConfig
@@ -113,23 +112,14 @@ def calibrate(
 ) -> None:
     """Calibrate INT8 on real images: Q/DQ ONNX + TensorRT cache + CPU INT8 model from one set of scales."""
     from rescompile.models.load import load_model
-    from rescompile.pipeline import calibrate_model, int8_inputs, prepare_fp32
+    from rescompile.pipeline import calibrate_into, int8_inputs
 
     config = calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity)
     loaded = load_model(model, arch=arch, num_classes=num_classes, input_size=input_size, trust_checkpoint=trust_checkpoint)
     # Data (or cache) is loaded and checked first: bad input leaves the output directory untouched.
     inputs = int8_inputs(loaded.spec, config, data_config(data, data_dir), data_config(eval_data, data_dir), from_cache, from_scales)
-    created = not output_dir.exists()
-    try:
-        with output_lock(output_dir), staged_dir(output_dir) as stage, StepProgress(enabled=not json_out) as progress:
-            optimized = prepare_fp32(loaded, stage)
-            cal = calibrate_model(optimized, loaded.spec, stage, config, inputs, on_progress=progress)
-    except BaseException:
-        if created:
-            remove_if_empty(output_dir)
-        raise
-    for name in ("qdq_path", "cpu_path", "cache_path", "scales_path", "accuracy_path"):
-        setattr(cal, name, output_dir / getattr(cal, name).name)
+    with StepProgress(enabled=not json_out) as progress:
+        cal = calibrate_into(loaded, output_dir, config, inputs, on_progress=progress)
     if json_out:
         print_json({
             "method": cal.method, "percentile": cal.percentile, "images": cal.images, "accuracy": cal.accuracy,

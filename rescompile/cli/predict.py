@@ -10,6 +10,7 @@ from rich.table import Table
 
 from rescompile.cli import app
 from rescompile.cli._common import Json, guarded, out, print_json
+from rescompile.config import default_bundle_dir
 from rescompile.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -29,12 +30,6 @@ def image_files(paths: list[Path]) -> list[Path]:
         else:
             raise DataError(f"no such image file or folder: {p}", "Check the path")
     return found
-
-
-def default_bundle() -> Path:
-    from rescompile.config import DEFAULT_ARCH, DEFAULT_DATASET, rescompile_home
-
-    return rescompile_home() / "builds" / f"{DEFAULT_ARCH}-{DEFAULT_DATASET}"
 
 
 @app.command(
@@ -61,7 +56,7 @@ def predict(
     from rescompile import runtime
 
     files = image_files(images)
-    source = Path(bundle) if bundle else default_bundle()
+    source = Path(bundle) if bundle else default_bundle_dir()
     if bundle is None and not source.exists():
         raise ConfigError(f"no bundle at {source}", "Run `rescompile build` first, or pass --bundle DIR")
     with runtime.load(source, backend=backend, threads=threads) as runner:

@@ -54,6 +54,7 @@ class CalibrationResult:
     float_layers: list[str] = field(default_factory=list)
     lint: dict[str, Any] = field(default_factory=dict)
     cache_version: str = ""  # the TensorRT version calibration.cache is tagged for
+    provenance: dict[str, Any] = field(default_factory=dict)  # as written to scales.json
 
 
 def check_image_count(n: int, config: CalibConfig) -> None:
@@ -89,17 +90,13 @@ def _batches(images: ImageSet, spec: ModelSpec, config: CalibConfig, digest: Any
     return gen
 
 
-def _amax_from(stats: dict[str, TensorStats], method: str, percentile: float) -> dict[str, float]:
-    return compute_amax(stats, method, percentile)
-
-
 def _pick_auto(fp32, stats, config: CalibConfig, holdout: Evaluator | None, progress: Progress) -> tuple[str, float, list[dict]]:
     if holdout is None:
         raise ConfigError("--method auto needs labelled held-out images to compare calibrators", "Pass --eval-data, or pick a --method")
     rows = []
     for i, (method, pct) in enumerate(config.auto_candidates):
         progress("auto: comparing calibrators", i, len(config.auto_candidates))
-        amax = _amax_from(stats, method, pct or config.percentile)
+        amax = compute_amax(stats, method, pct or config.percentile)
         score = holdout(qdq_for_tensorrt(fp32, amax))
         rows.append({"method": method, "percentile": pct or None, **score.to_dict(), "drop_points": drop_points(holdout.fp32, score)})
     progress("auto: comparing calibrators", len(rows), len(rows))
@@ -166,7 +163,10 @@ def calibrate(
     provenance: dict[str, Any] = {"rescompile_version": __version__, "preprocessing": spec.preprocessing.to_dict()}
     candidates: list[dict] = []
     stats: dict[str, TensorStats] = {}
-    holdout = Evaluator(fp32, eval_val, spec.preprocessing) if eval_val is not None and len(eval_val) else None
+    # The held-out split is only read by --method auto and the sensitivity analysis: its FP32
+    # logits are not computed otherwise.
+    uses_holdout = config.method == CalibMethod.auto or config.sensitivity or config.max_accuracy_drop is not None
+    holdout = Evaluator(fp32, eval_val, spec.preprocessing) if uses_holdout and eval_val is not None and len(eval_val) else None
     if from_cache is not None or from_scales is not None:
         if from_cache is not None:
             for warning in check_cache_for(from_cache, trt_version=None, tensor_names=tensors):
@@ -208,7 +208,7 @@ def calibrate(
         pct = config.percentile
         if method == "auto":
             method, pct, candidates = _pick_auto(fp32, stats, config, holdout, progress)
-        amax = _amax_from(stats, method, pct)
+        amax = compute_amax(stats, method, pct)
         pct = pct if method == "percentile" else None
         provenance.update({"source": data_name, "images": len(chosen), "data_sha256": digest.hexdigest(), "method": method, "percentile": pct})
 
@@ -261,7 +261,7 @@ def calibrate(
         _save(qdq, out_dir / QDQ_ONNX), _save(cpu, out_dir / CPU_ONNX), cache_path,
         write_json_atomic(out_dir / SCALES, scales_doc), out_dir / ACCURACY,
         method, pct, int(provenance.get("images", 0)), amax, accuracy, candidates, ranking, float_layers, lint.to_dict(),
-        config.trt_version,
+        config.trt_version, provenance,
     )
     write_json_atomic(result.accuracy_path, {"method": method, "percentile": pct, "accuracy": accuracy, "auto_candidates": candidates,
                                              "sensitivity": ranking, "float_layers": float_layers, "lint": result.lint})
