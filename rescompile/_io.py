@@ -12,6 +12,31 @@ from pathlib import Path
 from typing import Any
 
 from rescompile.errors import RescompileError
+import re
+
+# No file rescompile writes nests deeper than about 8; 64 leaves room for any honest edit. The
+# limit is ours, not the json module's, whose own give-up depth moves between Python versions.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest (brackets inside strings ignored)."""
+    import numpy as np
+
+    codes = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    step = np.isin(codes, (0x5B, 0x7B)).astype(np.int32) - np.isin(codes, (0x5D, 0x7D)).astype(np.int32)
+    return int(np.cumsum(step).max(initial=0))
+
+
+def loads_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` that refuses text nested deeper than ``max_depth`` with a ValueError, the same
+    on every Python version (and before the json module could exhaust the stack)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    depth = json_depth(data)
+    if depth > max_depth:
+        raise ValueError(f"nested {depth} levels deep, more than the {max_depth} any rescompile file uses")
+    return json.loads(data.decode("utf-8") if isinstance(raw, bytes) else raw)
 
 
 @contextlib.contextmanager

@@ -10,13 +10,12 @@ regular file inside the bundle directory (no absolute paths, no ``..``, no symli
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from rescompile._io import expand_user
+from rescompile._io import expand_user, loads_json
 from rescompile.errors import RescompileError
 from rescompile.models.spec import ModelSpec
 
@@ -126,7 +125,7 @@ def _load_json(manifest_path: Path) -> dict[str, Any]:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise BundleError(f"{manifest_path} grew past the {MAX_MANIFEST_BYTES} byte limit while being read", "Rebuild the bundle")
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = loads_json(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: also 4300+ digit numbers
         raise BundleError(
             f"{manifest_path} is not valid JSON ({exc.__class__.__name__}: {str(exc)[:120]})",

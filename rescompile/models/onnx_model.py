@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from rescompile._io import loads_json
 from rescompile.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from rescompile.errors import ModelError
 from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
@@ -78,7 +78,7 @@ def spec_from_onnx(model, path: Path, *, input_size: int | None = None, num_clas
     meta = {p.key: p.value for p in model.metadata_props}
     if ONNX_METADATA_KEY in meta:
         try:
-            return ModelSpec.from_dict(json.loads(meta[ONNX_METADATA_KEY]))
+            return ModelSpec.from_dict(loads_json(meta[ONNX_METADATA_KEY]))
         except (ValueError, RecursionError) as exc:  # bad JSON, 4300+ digit numbers, deep nesting
             raise ModelError(f"{path} has a corrupt {ONNX_METADATA_KEY} metadata entry", "Re-export it") from exc
     h, w = in_dims[2], in_dims[3]

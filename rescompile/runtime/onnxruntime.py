@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from rescompile._io import loads_json
+from rescompile._lazy import import_optional
 from rescompile.errors import ConfigError, ModelError, RescompileError
 from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
 from rescompile.runtime.base import Runner, RunnerError
@@ -29,7 +30,7 @@ class OnnxRuntimeRunner(Runner):
         providers: Sequence[str] | None = None,
         threads: int | None = None,
     ) -> None:
-        import onnxruntime as ort
+        ort = import_optional("onnxruntime")
 
         path = Path(path)
         if not path.is_file():
@@ -109,6 +110,6 @@ def spec_from_metadata(session, path: Path) -> ModelSpec | None:
         log.info("%s carries no rescompile spec: infer() works, classify() needs a spec", path)
         return None
     try:
-        return ModelSpec.from_dict(json.loads(text))
-    except (json.JSONDecodeError, RescompileError) as exc:
+        return ModelSpec.from_dict(loads_json(text))
+    except (ValueError, RecursionError, RescompileError) as exc:
         raise ModelError(f"{path} has a corrupt {ONNX_METADATA_KEY} metadata entry ({exc})", "Re-export it") from exc

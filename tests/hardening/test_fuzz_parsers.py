@@ -474,8 +474,9 @@ def test_unsafe_manifest_paths_are_refused(bundle, where):
                                    "spec.labels", "spec.options", "files", "files.scales", "files.scales.path", "files.scales.bytes",
                                    "precision", "engine", "input.shape", "calibration"])  # fmt: skip
 def test_deeply_nested_manifest_values(bundle, where):
-    """Nesting around the depth where json itself gives up (RecursionError), at every key: a
-    value json could still build must not make repr() or str() of it overflow the stack later."""
+    """Nesting around the depth where the reader gives up, at every key: a value it still builds
+    must not make repr() or str() of it overflow the stack later. The reader's own depth limit
+    decides where that is, the same on every Python version (json's own limit is not)."""
     b, doc = bundle
     marker = "@@deep@@"
     edited = copy.deepcopy(doc)

@@ -3,12 +3,12 @@ one written in its format by another tool), so artifacts can be rebuilt without 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+from rescompile._io import loads_json
 from rescompile.errors import DataError
 
 SCALES_FORMAT = "rescompile.scales"
@@ -55,7 +55,7 @@ def read_scales(path: str | os.PathLike[str]) -> dict[str, float]:
     if size > MAX_SCALES_BYTES:
         raise ScalesError(f"{path} is {size} bytes, more than a scales file can be ({MAX_SCALES_BYTES})", "Check the path")
     try:
-        doc = json.loads(path.read_bytes().decode("utf-8"))
+        doc = loads_json(path.read_bytes())
     except (UnicodeDecodeError, ValueError) as exc:  # ValueError: also 4300+ digit numbers
         raise ScalesError(f"{path} is not valid JSON ({exc.__class__.__name__})", "Pass a scales.json written by rescompile calibrate") from exc
     except RecursionError as exc:
