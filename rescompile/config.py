@@ -189,6 +189,7 @@ class BuildConfig:
 
     source: str | None = None
     output_dir: Path | None = None  # None: <home>/builds/<model name>
+    retrain: bool = False  # source=None: train the default from scratch instead of the embedded weights
     precision: Precision = Precision.int8
     export: ExportConfig = field(default_factory=ExportConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)

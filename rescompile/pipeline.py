@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rescompile import __version__
+from rescompile._lazy import import_optional
 from rescompile.bundle import MANIFEST
 from rescompile._io import (
     atomic_path, output_lock, remove_if_empty, remove_stale_staging, sha256_file, staged_dir, write_bytes_atomic, write_json_atomic,
@@ -61,20 +62,24 @@ DEFAULT_TRAIN = TrainConfig(arch=DEFAULT_ARCH, data=DataConfig(DEFAULT_DATASET),
 
 
 def default_model_path() -> Path:
+    """Where `--retrain` keeps the default model it trained (the embedded one is never overwritten)."""
     return rescompile_home() / "models" / f"{DEFAULT_ARCH}-{DEFAULT_DATASET}.pt"
 
 
-def default_model(train_callback: Any = None) -> LoadedModel:
-    """The embedded default model, trained on first use and cached under the rescompile home."""
+def default_model(train_callback: Any = None, *, retrain: bool = False) -> LoadedModel:
+    """The embedded default model (shipped in the package, sha256-checked), or with ``retrain``
+    one trained from scratch with the same recipe and cached under the rescompile home."""
+    if not retrain:
+        from rescompile.models.default import embedded_default
+
+        return load_model(embedded_default().path)
     from rescompile.train import train
 
     path = default_model_path()
-    if not path.exists():
-        log.info("training the default model (%s on %s) once; cached at %s", DEFAULT_ARCH, DEFAULT_DATASET, path)
-        run_dir = rescompile_home() / "runs" / "default"
-        result = train(replace(DEFAULT_TRAIN, output_dir=run_dir), train_callback)
-        with atomic_path(path) as tmp:
-            shutil.copyfile(result.checkpoint, tmp)
+    log.info("training the default model (%s on %s) from scratch; kept at %s", DEFAULT_ARCH, DEFAULT_DATASET, path)
+    result = train(replace(DEFAULT_TRAIN, output_dir=rescompile_home() / "runs" / "default"), train_callback)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(result.checkpoint, tmp)
     return load_model(path)
 
 
@@ -122,7 +127,7 @@ def default_output_dir(model: LoadedModel) -> Path:
 
 def resolve_source(config: BuildConfig, train_callback: Any = None) -> LoadedModel:
     if config.source is None:
-        return default_model(train_callback)
+        return default_model(train_callback, retrain=config.retrain)
     return load_model(
         config.source, arch=config.arch, num_classes=config.num_classes, input_size=config.input_size,
         trust_checkpoint=config.trust_checkpoint,
@@ -271,7 +276,7 @@ def write_torch_model(out: Path, model: LoadedModel) -> dict[str, Path]:
     if model.module is None:
         return {}
     if model.kind == "torchscript":
-        import torch
+        torch = import_optional("torch")
 
         with atomic_path(out / TORCHSCRIPT) as tmp:
             torch.jit.save(model.module, str(tmp))

@@ -18,7 +18,6 @@ from rescompile.cli.export import ArchOpt, ClassesOpt, SizeOpt, TrustOpt
 from rescompile.config import EngineConfig, HardwareCompat, Int8Source, Precision
 from rescompile.errors import ConfigError
 
-
 MinBatch = Annotated[int, typer.Option(min=1, help="Engine optimization profile: smallest batch.")]
 OptBatch = Annotated[int, typer.Option(min=1, help="Engine optimization profile: the batch kernels are tuned for.")]
 MaxBatch = Annotated[int, typer.Option(min=1, help="Engine optimization profile: largest batch.")]
@@ -34,6 +33,7 @@ def engine_config(**kw) -> EngineConfig:
     epilog=(
         "Examples:\n\n"
         "  rescompile build                                (the embedded default: ResNet-20 on digits, INT8)\n\n"
+        "  rescompile build --retrain                      (the same, trained from scratch first)\n\n"
         "  rescompile build runs/resnet20-digits/best.pt -o out/resnet20 --precision int8\n\n"
         "  rescompile build model.onnx --calib-data images/ --max-batch 64 -o out/model\n\n"
         "  rescompile build --from-bundle out/resnet20     (on the Jetson: rebuild the engine, no PyTorch)"
@@ -86,6 +86,9 @@ def build(
     ] = E.hardware_compatibility,
     version_compatible: Annotated[bool, typer.Option(help="Engine runs on later TensorRT releases of the same major version.")] = False,
     bench: Annotated[bool, typer.Option(help="End with a quick benchmark against FP32 PyTorch (batch 1 and 8).")] = True,
+    retrain: Annotated[
+        bool, typer.Option(help="No MODEL: train the default ResNet-20 on digits from scratch instead of using the embedded weights.")
+    ] = False,
     trust_checkpoint: TrustOpt = False,
     arch: ArchOpt = None,
     num_classes: ClassesOpt = None,
@@ -103,8 +106,8 @@ def build(
     )
     stage = (lambda name: None) if json_out else (lambda name: err.print(f"[dim]>> {name}[/dim]"))
     if from_bundle is not None:
-        if model is not None:
-            raise ConfigError("give either a MODEL or --from-bundle, not both", "Drop one of them")
+        if model is not None or retrain:
+            raise ConfigError("--from-bundle rebuilds an existing bundle: it takes no MODEL and no --retrain", "Drop one of them")
         from rescompile.pipeline import build_from_bundle
 
         rebuilt = build_from_bundle(from_bundle, engine, precision, on_stage=stage)
@@ -115,10 +118,12 @@ def build(
         print_engine(rebuilt.engine)
         out.print(f"bundle: {rebuilt.output_dir}")
         return
+    if retrain and model is not None:
+        raise ConfigError("--retrain trains the embedded default model; it takes no MODEL", "Drop MODEL, or drop --retrain")
     from rescompile.pipeline import build as run_build
 
     config = BuildConfig(
-        source=model, output_dir=output_dir, arch=arch, num_classes=num_classes, input_size=input_size, precision=precision or Precision.int8,
+        source=model, output_dir=output_dir, retrain=retrain, arch=arch, num_classes=num_classes, input_size=input_size, precision=precision or Precision.int8,
         calib=calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity),
         calib_data=data_config(calib_data, data_dir), eval_data=data_config(eval_data, data_dir), engine=engine,
         bench=bench, trust_checkpoint=trust_checkpoint,

@@ -104,25 +104,36 @@ def test_build_fp32_skips_calibration(trained, tmp_path):
     assert manifest["cpu_artifact"] == {"path": "model_opt.onnx", "runtime": "onnxruntime", "precision": "fp32"}
 
 
-def test_build_with_no_arguments_trains_default_once_then_reuses_it(home, monkeypatch):
+def test_build_with_no_arguments_uses_the_embedded_model_without_training(home, monkeypatch):
     import rescompile.pipeline as pipeline
+    from rescompile.models.default import embedded_default
 
-    monkeypatch.setattr(pipeline, "DEFAULT_TRAIN", replace(pipeline.DEFAULT_TRAIN, epochs=1, warmup_epochs=0, max_train_images=64))
+    def no_training(*a, **k):
+        raise AssertionError("the embedded default model needs no training")
+
+    monkeypatch.setattr("rescompile.train.train", no_training)
     res = invoke("build")
     assert res.exit_code == 0, res.stderr
     bundle = home / "builds" / "resnet20-digits"
     assert (bundle / "manifest.json").exists() and (bundle / "model_fp32.onnx").exists()
-    assert pipeline.default_model_path().exists()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["model"]["source"] == str(embedded_default().path)
+    assert manifest["model"]["metrics"]["test_acc"] >= 0.97  # the shipped weights are the trained ones
+    assert not pipeline.default_model_path().exists()  # nothing trained, nothing cached
     # ...and ends with the benchmark against FP32 PyTorch
     text = " ".join(res.stdout.split())
     assert (bundle / "bench" / "report.md").exists()
     assert re.search(r"is \d+\.\dx (faster|slower) than PyTorch FP32 eager at batch 1 with [+-]\d+\.\d points top-1", text), text
 
-    def no_training(*a, **k):
-        raise AssertionError("the cached default model must be reused")
 
-    monkeypatch.setattr("rescompile.train.train", no_training)
-    assert invoke("build", "--no-bench", "--json").exit_code == 0
+def test_build_retrain_trains_the_default_from_scratch(home, monkeypatch):
+    import rescompile.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "DEFAULT_TRAIN", replace(pipeline.DEFAULT_TRAIN, epochs=1, warmup_epochs=0, max_train_images=64))
+    res = invoke("build", "--retrain", "--no-bench", "--precision", "fp32", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["model"] == str(pipeline.default_model_path())
+    assert pipeline.default_model_path().exists()
 
 
 def test_compare_prints_both_accuracies_and_plots(tmp_path):

@@ -18,19 +18,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def default_bundle(trained, tmp_path_factory):
-    """`rescompile build --precision int8` with nothing else, the default model already cached."""
+def default_bundle(tmp_path_factory):
+    """`rescompile build --precision int8` with nothing else: the embedded default model."""
     import os
 
     from rescompile.config import rescompile_home
-    from rescompile.pipeline import default_model_path
 
     home = tmp_path_factory.mktemp("home")
     old = os.environ.get("RESCOMPILE_HOME")
     os.environ["RESCOMPILE_HOME"] = str(home)
     try:
-        default_model_path().parent.mkdir(parents=True)
-        shutil.copyfile(trained.checkpoint, default_model_path())  # as the first run would have left it
         res = invoke("build", "--precision", "int8")
         assert res.exit_code == 0, res.stderr
         yield rescompile_home() / "builds" / "resnet20-digits"
