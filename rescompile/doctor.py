@@ -60,7 +60,7 @@ def checks() -> list[Check]:
     out = [Check("python", sys.version_info >= (3, 10), f"Python {platform.python_version()} on {platform.platform()}", "Use Python 3.10 or newer")]
     torch_version, cuda_ok, torch_cuda = _torch_cuda()
     out.append(Check("torch", torch_version is not None, f"PyTorch {torch_version}" if torch_version else "PyTorch is not installed",
-                     "pip install torch (needed to train, export and for the FP32 reference in bench)"))
+                     "pip install 'rescompile[compile]' (train, export, and the FP32 reference in bench); on a Jetson, NVIDIA's PyTorch build"))
     tv = _version("torchvision")
     out.append(Check("torchvision", tv is not None, f"torchvision {tv}" if tv else "torchvision is not installed",
                      "pip install 'rescompile[vision]' (torchvision ResNets, CIFAR-10)"))
@@ -90,10 +90,13 @@ def checks() -> list[Check]:
                      "pip install 'rescompile[trt]' (builds engines through its TensorRT loaders)"))
     providers = _ort_providers()
     out.append(Check("onnxruntime", bool(providers), f"ONNX Runtime {_version('onnxruntime')}: {', '.join(providers)}" if providers
-                     else "ONNX Runtime is not installed", "pip install onnxruntime (or onnxruntime-gpu)"))
+                     else "ONNX Runtime is not installed", "pip install 'rescompile[ort]' to run the CPU artifact ('rescompile[compile]' to calibrate)"))
     sim = _version("onnxsim")
     out.append(Check("onnxsim", sim is not None, f"onnxsim {sim}" if sim else "onnxsim is not installed (export falls back to shape inference)",
-                     "pip install onnxsim"))
+                     "pip install 'rescompile[compile]'"))
+    skl = _version("scikit-learn")
+    out.append(Check("scikit-learn", skl is not None, f"scikit-learn {skl}" if skl else "scikit-learn is not installed (no bundled digits images)",
+                     "pip install 'rescompile[compile]'"))
     return out
 
 
@@ -102,15 +105,26 @@ def capabilities(found: list[Check]) -> list[tuple[str, str]]:
     ok = {c.name: c.ok for c in found}
     gpu, trt, torch = ok.get("gpu", False), ok.get("tensorrt", False), ok.get("torch", False)
     engine = gpu and trt and ok.get("polygraphy", False)
+    ort = ok.get("onnxruntime", False)
+    compile_ = torch and ort
+    no_engine = ", ".join(n for n, c in (("no NVIDIA GPU", not gpu), ("no TensorRT", not trt)) if c)
+    if engine:
+        build = "builds the TensorRT engine here" + ("" if compile_ else "; from a bundle only (--from-bundle): compiling needs rescompile[compile]")
+    elif compile_:
+        build = f"no engine here ({no_engine}): writes the complete bundle with the CPU INT8 artifact; build the engine on the target with --from-bundle"
+    else:
+        build = f"unavailable: compiling needs rescompile[compile], and --from-bundle needs TensorRT and an NVIDIA GPU ({no_engine})"
+    reference = "PyTorch FP32" if torch else ("the FP32 TensorRT engine" if engine else "ONNX Runtime FP32")
+    measured = [n for n, c in (("ONNX Runtime FP32/INT8 on the CPU", ort), ("TensorRT FP16/INT8 on the GPU", engine)) if c]
     lines = [
         ("train", ("trains on the GPU" if ok.get("torch-cuda") else "trains on the CPU (no CUDA)") if torch else "unavailable: needs PyTorch"),
         ("export", "exports to ONNX" if torch else "unavailable for PyTorch models (needs PyTorch); ONNX files are used as they are"),
-        ("calibrate", "calibrates INT8 on the CPU with ONNX Runtime; writes the Q/DQ ONNX, TensorRT cache and CPU INT8 model"),
-        ("build", "builds the TensorRT engine here" if engine else
-         "no engine here (" + ", ".join(n for n, c in (("no NVIDIA GPU", not gpu), ("no TensorRT", not trt)) if c)
-         + "): writes the complete bundle with the CPU INT8 artifact; build the engine on the target with --from-bundle"),
-        ("bench", "PyTorch FP32 vs ONNX Runtime FP32/INT8" + (" and TensorRT FP16/INT8 on the GPU" if engine else " on the CPU (no TensorRT engines here)")),
-        ("predict", "runs TensorRT engines" if engine else "runs bundles with ONNX Runtime on the CPU"),
+        ("calibrate", "calibrates INT8 on the CPU with ONNX Runtime; writes the Q/DQ ONNX, TensorRT cache and CPU INT8 model" if ort
+         else "unavailable: needs ONNX Runtime (rescompile[compile])"),
+        ("build", build),
+        ("bench", f"{' and '.join(measured)} against {reference}" if measured else "unavailable: needs ONNX Runtime or TensorRT"),
+        ("predict", "runs TensorRT engines" if engine else ("runs bundles with ONNX Runtime on the CPU" if ort
+                                                              else "unavailable: needs ONNX Runtime (rescompile[ort]) or TensorRT")),
     ]
     return lines
 

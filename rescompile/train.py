@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from rescompile._lazy import import_optional
 from rescompile.config import Optimizer, Schedule, TrainConfig, rescompile_home
 from rescompile.data.datasets import DatasetSplits, load_dataset
 from rescompile.data.images import ImageSet, iter_batches
@@ -57,7 +58,7 @@ class TrainCallback(Protocol):
 
 
 def resolve_device(device: str) -> str:
-    import torch
+    torch = import_optional("torch")
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -103,7 +104,7 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def _optimizer(config: TrainConfig, model):
-    import torch
+    torch = import_optional("torch")
 
     # No weight decay on BN parameters and biases (standard practice, e.g. Goyal et al. 2017).
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -119,8 +120,8 @@ def _optimizer(config: TrainConfig, model):
 
 def augment_batch(x, generator, pad: int, hflip: bool):
     """Random translation by up to ``pad`` pixels (zero padding) and optional horizontal flips."""
-    import torch
-    import torch.nn.functional as F
+    torch = import_optional("torch")
+    F = import_optional("torch.nn.functional")
 
     n, _, h, w = x.shape
     if pad > 0:
@@ -135,8 +136,8 @@ def augment_batch(x, generator, pad: int, hflip: bool):
 
 def evaluate(model, images: ImageSet, preprocessing: Preprocessing, device: str, batch_size: int = 256):
     """(mean loss, top-1 accuracy) of ``model`` on labelled images; (nan, nan) for an empty set."""
-    import torch
-    import torch.nn.functional as F
+    torch = import_optional("torch")
+    F = import_optional("torch.nn.functional")
 
     if len(images) == 0:
         return float("nan"), float("nan")
@@ -177,8 +178,8 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 def train(config: TrainConfig = TrainConfig(), callback: TrainCallback | None = None) -> TrainResult:
     """Train ``config.arch`` on ``config.data``; write best.pt and last.pt into the output dir."""
-    import torch
-    import torch.nn.functional as F
+    torch = import_optional("torch")
+    F = import_optional("torch.nn.functional")
 
     _check(config)
     device = resolve_device(config.device)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rescompile._lazy import import_optional
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Backend:
 class TorchBackend(Backend):
     def __init__(self, module: Any, input_shape: tuple[int, int, int], *, device: str = "cpu", channels_last: bool = False,
                  compile: bool = False, threads: int | None = None) -> None:
-        import torch
+        torch = import_optional("torch")
 
         if threads:
             torch.set_num_threads(threads)
@@ -89,7 +90,7 @@ class TorchBackend(Backend):
 class OrtBackend(Backend):
     def __init__(self, key: str, name: str, path: Path, precision: str, *, threads: int | None = None,
                  providers: list[str] | None = None) -> None:
-        import onnxruntime as ort
+        ort = import_optional("onnxruntime")
 
         providers = providers or ["CPUExecutionProvider"]
         cuda = providers[0] == "CUDAExecutionProvider"

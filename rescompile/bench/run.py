@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from rescompile import nvidia
+from rescompile._lazy import has_module, import_optional
 from rescompile.bench.backends import Backend, OrtBackend, TorchBackend, TrtBackend
 from rescompile.bench.env import PowerSampler, environment
 from rescompile.bench.timing import TimingBudget, TimingStats, measure
 from rescompile.bundle import Manifest, read_manifest
 from rescompile.config import BenchConfig, DataConfig, default_bundle_dir
-from rescompile.errors import ConfigError
+from rescompile.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ class BenchReport:
 def _torch_device(requested: str) -> str:
     if requested != "auto":
         return requested
-    import torch
+    if not has_module("torch"):  # a Jetson without PyTorch: only TensorRT and ONNX Runtime can run
+        return "cuda" if nvidia.find_gpu() is not None else "cpu"
+    torch = import_optional("torch")
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -105,7 +108,15 @@ def _reference_module(manifest: Manifest):
     return load_model(str(manifest.file(role)), arch=spec.arch, num_classes=spec.num_classes, input_size=spec.input_size).module
 
 
-def make_backends(manifest: Manifest, cfg: BenchConfig, device: str) -> list[Backend]:
+@dataclass
+class Lineup:
+    """The backends to measure, and why the reference is not PyTorch FP32 eager when it is not."""
+
+    backends: list[Backend]
+    notes: list[str] = field(default_factory=list)
+
+
+def lineup(manifest: Manifest, cfg: BenchConfig, device: str) -> Lineup:
     """Every backend the bundle and this machine allow (filtered by ``cfg.backends``)."""
     wanted = set(cfg.backends) if cfg.backends else None
 
@@ -113,8 +124,10 @@ def make_backends(manifest: Manifest, cfg: BenchConfig, device: str) -> list[Bac
         return wanted is None or key in wanted or key.split("-e2e")[0] in wanted
 
     out: list[Backend] = []
+    notes: list[str] = []
     shape = manifest.spec.input_shape
-    module = _reference_module(manifest)
+    has_torch, has_ort = has_module("torch"), has_module("onnxruntime")
+    module = _reference_module(manifest) if has_torch else None
     if module is not None:
         out.append(TorchBackend(module, shape, device=device, threads=cfg.threads))  # always: the reference
         for cl, comp in ((True, False), (False, True)):
@@ -126,6 +139,29 @@ def make_backends(manifest: Manifest, cfg: BenchConfig, device: str) -> list[Bac
                                                 threads=cfg.threads))
                     except Exception as exc:  # torch.compile needs a compiler toolchain; say why it is missing
                         log.warning("skipping %s: %s", key, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    elif not has_torch:
+        notes.append("PyTorch is not installed here (pip install 'rescompile[compile]', or NVIDIA's build on a Jetson)")
+    else:
+        notes.append("the bundle holds no PyTorch model (built from ONNX)")
+    if has_ort:
+        out.extend(_ort_backends(manifest, cfg, device, want))
+    else:
+        notes.append("ONNX Runtime is not installed here, so the CPU artifact is not measured (pip install 'rescompile[ort]')")
+    out.extend(_tensorrt_backends(manifest, want, fp32_reference=module is None))
+    if not out:
+        raise MissingDependencyError(
+            f"nothing on this machine can run bundle {manifest.dir}: no PyTorch, no ONNX Runtime, and no TensorRT engine that runs here",
+            "Install ONNX Runtime for the CPU artifact (pip install 'rescompile[ort]'), or run it where TensorRT and an NVIDIA GPU are",
+        )
+    if not any(b.reference for b in out):
+        # Without PyTorch the FP32 reference is the FP32 TensorRT engine (same GPU), else ONNX Runtime FP32.
+        ref = next((b for b in out if b.key == "trt-fp32"), None) or next((b for b in out if b.key == "ort-fp32"), out[0])
+        ref.reference = True
+    return Lineup(out, notes)
+
+
+def _ort_backends(manifest: Manifest, cfg: BenchConfig, device: str, want: Callable[[str], bool]) -> list[Backend]:
+    out: list[Backend] = []
     cpu = ["CPUExecutionProvider"]
     if want("ort-fp32"):
         out.append(OrtBackend("ort-fp32", "ONNX Runtime FP32", manifest.file("optimized_onnx"), "fp32", threads=cfg.threads, providers=cpu))
@@ -137,18 +173,15 @@ def make_backends(manifest: Manifest, cfg: BenchConfig, device: str) -> list[Bac
         extra.comparison = True
         out.append(extra)
     if device.startswith("cuda") and want("ort-cuda-fp32"):
-        import onnxruntime as ort
+        ort = import_optional("onnxruntime")
 
         if "CUDAExecutionProvider" in ort.get_available_providers():
             out.append(OrtBackend("ort-cuda-fp32", "ONNX Runtime FP32 (CUDA EP)", manifest.file("optimized_onnx"), "fp32",
                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
-    out.extend(_tensorrt_backends(manifest, want))
-    if not any(b.reference for b in out) and out:
-        out[0].reference = True
     return out
 
 
-def _tensorrt_backends(manifest: Manifest, want: Callable[[str], bool]) -> list[Backend]:
+def _tensorrt_backends(manifest: Manifest, want: Callable[[str], bool], fp32_reference: bool = False) -> list[Backend]:
     if manifest.engine is None or nvidia.tensorrt_version() is None or nvidia.find_gpu() is None:
         return []
     from rescompile.runtime import load
@@ -161,37 +194,47 @@ def _tensorrt_backends(manifest: Manifest, want: Callable[[str], bool]) -> list[
             out.append(TrtBackend(key, f"TensorRT {precision.upper()}" + (" end-to-end" if e2e else ""), load(manifest.dir, backend="tensorrt"),
                                   precision, end_to_end=e2e, build_seconds=manifest.engine.get("build_seconds")))
     if precision in ("int8", "best") and want("trt-fp16"):
-        out.append(_fp16_engine(manifest))  # users must see FP16 next to INT8
+        out.append(_scratch_engine(manifest, "fp16"))  # users must see FP16 next to INT8
+    if fp32_reference and precision != "fp32":
+        out.append(_scratch_engine(manifest, "fp32"))  # no PyTorch here: the FP32 engine is the reference
     return out
 
 
-def _fp16_engine(manifest: Manifest) -> Backend:
-    """Build an FP16 engine of the same model in a scratch folder (build time reported apart)."""
+def _scratch_engine(manifest: Manifest, precision: str) -> Backend:
+    """Build an FP16 or FP32 engine of the same model in a scratch folder (build time reported apart)."""
     from rescompile.config import EngineConfig, Precision
     from rescompile.pipeline import write_fp16
     from rescompile.runtime.tensorrt import TensorRTRunner
     from rescompile.stages.build import engine_from_onnx, plan_engine
 
-    scratch = Path(tempfile.mkdtemp(prefix="rescompile-fp16-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"rescompile-{precision}-"))
     files = {"optimized_onnx": manifest.file("optimized_onnx")}
-    files["fp16_onnx"] = write_fp16(files["optimized_onnx"], scratch / "model_fp16.onnx")
+    if precision == "fp16":
+        files["fp16_onnx"] = write_fp16(files["optimized_onnx"], scratch / "model_fp16.onnx")
     profile = (manifest.engine or {}).get("profiles", [{}])[0]
     cfg = EngineConfig(min_batch=profile.get("min", [1])[0], opt_batch=profile.get("opt", [8])[0], max_batch=profile.get("max", [32])[0])
     cfg = replace(cfg, timing_cache=manifest.dir / "timing.cache")
-    plan = plan_engine(Precision.fp16, nvidia.tensorrt_version() or "", files, "input", manifest.spec.input_shape, cfg)
+    plan = plan_engine(Precision(precision), nvidia.tensorrt_version() or "", files, "input", manifest.spec.input_shape, cfg)
     engine = engine_from_onnx(plan, scratch)
     runner = TensorRTRunner(engine.path, spec=manifest.spec)
-    return TrtBackend("trt-fp16", "TensorRT FP16", runner, "fp16", build_seconds=engine.build_seconds)
+    return TrtBackend(f"trt-{precision}", f"TensorRT {precision.upper()}", runner, precision, build_seconds=engine.build_seconds)
 
 
-def _eval_images(manifest: Manifest, data: DataConfig | None, limit: int):
+def _eval_images(manifest: Manifest, data: DataConfig | None, limit: int, notes: list[str] | None = None):
     from rescompile.data.datasets import load_dataset
 
     if data is None:
         if manifest.spec.dataset not in ("digits", "cifar10"):
             return None
         data = DataConfig(manifest.spec.dataset)
-    test = load_dataset(data).test
+        try:
+            test = load_dataset(data).test
+        except MissingDependencyError as exc:  # the model's own test split needs an extra: latency only
+            if notes is not None:
+                notes.append(f"no accuracy: {exc} (or pass --eval-data)")
+            return None
+    else:
+        test = load_dataset(data).test
     if len(test) > limit:
         test = test.subset(np.linspace(0, len(test) - 1, limit).astype(np.int64))
     return test
@@ -225,10 +268,11 @@ def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = N
     manifest = read_manifest(bundle)
     spec = manifest.spec
     device = _torch_device(cfg.device)
-    backends = make_backends(manifest, cfg, device)
+    chosen = lineup(manifest, cfg, device)
+    backends, notes = chosen.backends, chosen.notes
     if not backends:
         raise ConfigError(f"no backend left to run (asked for {', '.join(cfg.backends or ())})", "Check --backends")
-    images = _eval_images(manifest, cfg.eval_data, cfg.max_eval_images)
+    images = _eval_images(manifest, cfg.eval_data, cfg.max_eval_images, notes)
     budget = TimingBudget(cfg.warmup_s, 3, cfg.min_runs, cfg.max_runs, cfg.max_s)
     reference = next(b for b in backends if b.reference)
     measurements: list[Measurement] = []
@@ -295,6 +339,7 @@ def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = N
     report = BenchReport(bundle, spec.arch, environment(cfg.threads), backends, measurements, accuracy, reference.key, "")
     report.verdict, report.warnings = verdict_and_warnings(report)
     if reference.key != "torch-fp32":
-        report.warnings.insert(0, "the bundle holds no PyTorch model (built from ONNX): ratios are against ONNX Runtime FP32")
+        notes.insert(0, f"ratios are against {reference.name}, not PyTorch FP32 eager")
+    report.warnings[:0] = notes
     report.files = write_outputs(report, Path(cfg.output_dir) if cfg.output_dir else bundle / "bench")
     return report

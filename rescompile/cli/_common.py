@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rescompile.config import Optimizer, Schedule, TrainConfig
@@ -38,7 +39,8 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RescompileError as exc:
-            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True, soft_wrap=True)
+            # escape: messages hold pip extras like 'rescompile[compile]', which Rich would read as markup
+            err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted: no partial artifacts were kept")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from rescompile.cli import app
@@ -48,9 +49,9 @@ def print_report(report) -> None:
     for b in report.backends:
         if b.build_seconds is not None:
             out.print(f"build time (not in latency): {b.name} {b.build_seconds:.1f} s")
-    out.print(f"[bold]{report.verdict}[/bold]")
+    out.print(f"[bold]{escape(report.verdict)}[/bold]")
     for w in report.warnings:
-        out.print(f"[yellow]warning: {w}[/yellow]")
+        out.print(f"[yellow]warning: {escape(w)}[/yellow]")
     env = report.environment
     out.print(f"machine: {env['cpu']}, {env['cpu_cores']} cores, threads {env['threads'] or 'all'}"
               + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU"))

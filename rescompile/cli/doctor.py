@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from rescompile.cli import app
@@ -22,7 +23,7 @@ def doctor(json_out: Json = False) -> None:
     for col in ("", "component", "found", "to fix"):
         table.add_column(col)
     for c in found:
-        table.add_row("[green]ok[/green]" if c.ok else "[yellow]--[/yellow]", c.name, c.detail, "" if c.ok else c.fix)
+        table.add_row("[green]ok[/green]" if c.ok else "[yellow]--[/yellow]", c.name, escape(c.detail), "" if c.ok else escape(c.fix))
     out.print(table)
     for command, line in capabilities(found):
-        out.print(f"{command}: {line}")
+        out.print(f"{command}: {escape(line)}")

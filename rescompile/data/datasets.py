@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rescompile._io import expand_user
+from rescompile._lazy import import_optional
 from rescompile.config import DataConfig
 from rescompile.data import cifar
 from rescompile.data.images import IMAGE_SUFFIXES, ArrayImages, FileImages, ImageSet, stratified_split
@@ -82,7 +83,7 @@ def load_dataset(config: DataConfig | str = DataConfig(), input_size: int | None
 def digits_images() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 digits as uint8 (N, 32, 32, 3) RGB and int64 labels."""
     from PIL import Image
-    from sklearn.datasets import load_digits
+    load_digits = import_optional("sklearn.datasets").load_digits
 
     bunch = load_digits()
     raw = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)

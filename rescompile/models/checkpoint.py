@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rescompile._io import atomic_path
+from rescompile._lazy import import_optional
 from rescompile.models.spec import ModelSpec
 
 CHECKPOINT_FORMAT = "rescompile.checkpoint"
@@ -37,7 +38,7 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     train_config: Any = None,
 ) -> Path:
-    import torch
+    torch = import_optional("torch")
 
     payload = {
         "format": CHECKPOINT_FORMAT,

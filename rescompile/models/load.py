@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rescompile._io import expand_user
+from rescompile._io import expand_user, loads_json
+from rescompile._lazy import import_optional
 from rescompile.errors import ModelError
 from rescompile.models.checkpoint import is_rescompile_checkpoint
 from rescompile.models.registry import ARCHITECTURES, arch_info, create_model, default_preprocessing, resolve_options
@@ -105,9 +106,8 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _from_torchscript(path: Path, arch: str | None, num_classes: int | None, input_size: int | None) -> LoadedModel:
-    import json
 
-    import torch
+    torch = import_optional("torch")
 
     extra = {TORCHSCRIPT_SPEC_FILE: ""}
     try:
@@ -117,7 +117,7 @@ def _from_torchscript(path: Path, arch: str | None, num_classes: int | None, inp
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"{path} is not a loadable TorchScript file ({exc.__class__.__name__})", "Re-save it with torch.jit.save") from exc
     if extra[TORCHSCRIPT_SPEC_FILE]:
-        spec = ModelSpec.from_dict(json.loads(extra[TORCHSCRIPT_SPEC_FILE]))
+        spec = ModelSpec.from_dict(loads_json(extra[TORCHSCRIPT_SPEC_FILE]))
     else:
         spec = _probe_spec(module, arch or "torchscript", num_classes, input_size, path)
     return LoadedModel(spec, str(path), "torchscript", module=module.eval())
@@ -125,12 +125,16 @@ def _from_torchscript(path: Path, arch: str | None, num_classes: int | None, inp
 
 def _probe_spec(module, arch: str, num_classes: int | None, input_size: int | None, path: Path) -> ModelSpec:
     """Spec for a module without metadata: run one image to learn the number of classes."""
-    import torch
+    torch = import_optional("torch")
 
     if arch in ARCHITECTURES:
         prep = default_preprocessing(arch, input_size)
     else:
-        from rescompile.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+        from rescompile.data.preprocess import (
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            Preprocessing,
+        )
 
         size = input_size or 224
         if input_size is None:
@@ -152,7 +156,7 @@ def _probe_spec(module, arch: str, num_classes: int | None, input_size: int | No
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
-    import torch
+    torch = import_optional("torch")
 
     try:
         return torch.load(str(path), map_location="cpu", weights_only=not trust)
@@ -191,7 +195,7 @@ def _imports_objects(path: Path) -> bool:
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, Any] | None:
-    import torch
+    torch = import_optional("torch")
 
     for key in ("state_dict", "model_state_dict", "model", "net"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -217,7 +221,7 @@ def _load_state(module, state: dict[str, Any], arch: str, path: Path) -> None:
 def _from_checkpoint(
     path: Path, arch: str | None, num_classes: int | None, input_size: int | None, trust: bool
 ) -> LoadedModel:
-    import torch
+    torch = import_optional("torch")
 
     obj = _torch_load(path, trust)
     if is_rescompile_checkpoint(obj):

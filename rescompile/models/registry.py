@@ -52,7 +52,7 @@ def _torchvision(name: str):
         **_: Any,
     ):
         tv = import_optional("torchvision")
-        from torch import nn
+        nn = import_optional("torch.nn")
 
         ctor = getattr(tv.models, name)
         if pretrained:
@@ -131,4 +131,5 @@ def resolve_options(name: str, input_size: int, small_input: bool | None = None,
 def create_model(name: str, num_classes: int | None = None, **options: Any):
     """Build an architecture by name. ``options``: small_input, zero_init_residual, pretrained."""
     info = arch_info(name)
+    import_optional("torch", f"building the {info.name} architecture")  # one line, not an ImportError from models.cifar
     return info.build(num_classes or info.default_classes, **options)

@@ -19,8 +19,9 @@ from typing import Any
 
 from rescompile._io import expand_user
 from rescompile import nvidia
+from rescompile._lazy import has_module
 from rescompile.bundle import MANIFEST, BundleError, Manifest, read_manifest, verify
-from rescompile.errors import ConfigError, ModelError
+from rescompile.errors import ConfigError, ModelError, MissingDependencyError
 from rescompile.models.registry import ARCHITECTURES
 from rescompile.runtime.base import Prediction, Runner, RunnerError
 from rescompile.runtime.compat import RuntimeMismatchError, check_engine
@@ -156,6 +157,11 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files) 
 
         output = (manifest.output or {}).get("name")
         return TensorRTRunner(engine_path, spec=manifest.spec, engine_info=engine, bundle_dir=manifest.dir, output_name=output, check=False)
+    if not has_module("onnxruntime"):  # say both halves: why not TensorRT, and what runs the CPU artifact
+        raise MissingDependencyError(
+            f"cannot run bundle {manifest.dir} here: {why}, and ONNX Runtime (for its CPU artifact) is not installed",
+            "Install it with: pip install 'rescompile[ort]', or run the bundle where TensorRT and an NVIDIA GPU are",
+        )
     onnx_path, what = _cpu_file(manifest, verify_files)
     _chosen("onnxruntime", onnx_path, f"{why}; running {what}")
     return _onnxruntime_runner(onnx_path, manifest.spec, providers, threads)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rescompile._lazy import import_optional
 from rescompile.errors import ConfigError, ModelError
 from rescompile.runtime.base import Runner, RunnerError
 
@@ -22,7 +23,7 @@ class TorchRunner(Runner):
 
     def __init__(self, source: Any, *, device: str | None = None, threads: int | None = None) -> None:
         """``source``: a name, checkpoint or TorchScript path, or a LoadedModel from load_model."""
-        import torch
+        torch = import_optional("torch")
 
         from rescompile.models.load import LoadedModel, load_model
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from rescompile._io import atomic_path
+from rescompile._lazy import import_optional
 from rescompile.config import ExportConfig
 from rescompile.errors import ConfigError, ExportError
 from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
@@ -52,7 +53,7 @@ class ExportResult:
 def onnx_from_torch(module, spec: ModelSpec, output: str | Path, config: ExportConfig = ExportConfig()) -> ExportResult:
     """Export ``module`` (eval mode) to ``output``; the file appears only if every step succeeds."""
     import onnx
-    import torch
+    torch = import_optional("torch")
 
     if config.opset < MIN_OPSET:
         raise ConfigError(f"opset {config.opset} is too old", f"Use --opset {MIN_OPSET} or newer")
@@ -139,8 +140,8 @@ def _simplify(model, spec: ModelSpec):
 
 def check_against_torch(module, model, spec: ModelSpec, config: ExportConfig) -> ExportCheck:
     """Run the same random N(0, 1) batches through PyTorch and ONNX Runtime (CPU)."""
-    import onnxruntime as ort
-    import torch
+    ort = import_optional("onnxruntime")
+    torch = import_optional("torch")
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

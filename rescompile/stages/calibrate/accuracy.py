@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnx
 
+from rescompile._lazy import import_optional
 from rescompile.data.images import ImageSet, iter_batches
 from rescompile.data.preprocess import Preprocessing
 from rescompile.errors import DataError
@@ -32,7 +33,7 @@ class Agreement:
 
 
 def session(model: onnx.ModelProto, *, reference: bool, threads: int | None = None):
-    import onnxruntime as ort
+    ort = import_optional("onnxruntime")
 
     so = ort.SessionOptions()
     so.graph_optimization_level = (

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from rescompile._lazy import import_optional
 from rescompile.errors import DataError
 
 HIST_BINS = 2048  # TensorRT's entropy calibrator histogram size (Migacz, GTC 2017)
@@ -48,7 +49,7 @@ def activation_tensors(model: onnx.ModelProto) -> list[str]:
 
 
 def _session(model: onnx.ModelProto, tensors: list[str]):
-    import onnxruntime as ort
+    ort = import_optional("onnxruntime")
 
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)

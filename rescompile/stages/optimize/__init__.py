@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from rescompile._io import atomic_path
+from rescompile._lazy import import_optional
 from rescompile.errors import ModelError, OptimizeError
 from rescompile.stages.optimize.batchnorm import (
     batchnorm_inference_mode,
@@ -140,7 +141,7 @@ def _probe_input(model: onnx.ModelProto) -> np.ndarray:
 
 def run_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """ONNX Runtime on CPU with graph optimizations off: the graph exactly as written."""
-    import onnxruntime as ort
+    ort = import_optional("onnxruntime")
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
