@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from rescompile.data.preprocess import PreprocessingOverride
+
 # The embedded default: a small ResNet trained on scikit-learn's bundled digits images.
 DEFAULT_ARCH = "resnet20"
 DEFAULT_DATASET = "digits"
@@ -61,6 +63,10 @@ class DataConfig:
     seed: int = 0  # fixes the train/val/test split of datasets that ship without one
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    # .npy/.npz: "images" (uint8 or [0, 1] floats, preprocessed by the model's spec), "tensors"
+    # (float32 shaped like the model input, fed as they are), or "auto": tensors when the floats have
+    # the model input's exact shape and leave [0, 1] (normalised data cannot be pixels), else images.
+    data_format: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,7 @@ class BuildConfig:
     arch: str | None = None
     num_classes: int | None = None
     input_size: int | None = None
+    preprocessing: PreprocessingOverride | None = None  # --mean/--std/--scale/...: what the model takes
 
 
 @dataclass(frozen=True)

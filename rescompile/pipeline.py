@@ -96,6 +96,7 @@ class BuildResult:
     plan: EnginePlan | None = None
     target: Target | None = None
     bench: Any = None  # rescompile.bench.BenchReport of the closing benchmark
+    notes: list[str] = field(default_factory=list)  # how the model and the data were read, one line each
 
 
 def export_and_optimize(
@@ -130,7 +131,7 @@ def resolve_source(config: BuildConfig, train_callback: Any = None) -> LoadedMod
         return default_model(train_callback, retrain=config.retrain)
     return load_model(
         config.source, arch=config.arch, num_classes=config.num_classes, input_size=config.input_size,
-        trust_checkpoint=config.trust_checkpoint,
+        trust_checkpoint=config.trust_checkpoint, preprocessing=config.preprocessing,
     )
 
 
@@ -159,6 +160,7 @@ def build(
         with staged_dir(out, last=(MANIFEST,), first_remove=(MANIFEST, *BUNDLE_FILES, BENCH_DIR)) as work:
             result = _write_bundle(config, model, inputs, work, out, stage, on_progress)
         result = relocate(result, work, out)
+        result.notes = [*(model.intake.notes if model.intake else ()), *(inputs.notes if inputs else ())]
         if config.bench:
             stage("bench")
             result.bench = quick_bench(out, on_progress)
@@ -215,12 +217,13 @@ def _write_bundle(
 
     stage("build")
     engine_cfg = replace(config.engine, timing_cache=config.engine.timing_cache or out / TIMING_CACHE)
-    engine, plan, target = build_engine_into(work, config.precision, model.spec, files, engine_cfg, config.calib.trt_version)
+    io = onnx_io_names(optimized.path)
+    engine, plan, target = build_engine_into(work, config.precision, model.spec, files, engine_cfg, config.calib.trt_version, io[0])
     if engine is not None:
         files.update(engine_files(engine, out))
 
     stage("manifest")
-    doc = manifest_doc(model, files, export_result, optimized, calibration, config.precision, engine, plan, target)
+    doc = manifest_doc(model, files, export_result, optimized, calibration, config.precision, engine, plan, target, io)
     manifest = write_manifest(work, doc, files)
     return BuildResult(out, manifest, model, export_result, optimized, calibration, files, engine, plan, target)
 
@@ -302,8 +305,19 @@ def write_fp16(optimized: Path, target: Path) -> Path:
     return target
 
 
+def onnx_io_names(path: Path) -> tuple[str, str]:
+    """(input, output) tensor names of an ONNX classifier: rescompile's own, or a foreign model's."""
+    import onnx
+
+    from rescompile.models.onnx_model import graph_inputs
+
+    model = onnx.load(str(path), load_external_data=False)
+    return graph_inputs(model)[0].name, model.graph.output[0].name
+
+
 def build_engine_into(
     out: Path, precision: Precision, spec: ModelSpec, files: dict[str, Path], cfg: EngineConfig, cache_version: str,
+    input_name: str = INPUT_NAME,
 ) -> tuple[EngineResult | None, EnginePlan | None, Target]:
     """Build the engine where TensorRT and a GPU are present; otherwise say so and return the plan
     the target will use (for the manifest)."""
@@ -311,9 +325,9 @@ def build_engine_into(
     if not target.can_build:
         log.info("%s", target.explanation)
         version = cfg.target_trt_version or cache_version
-        plan = plan_engine(precision, version, files, INPUT_NAME, spec.input_shape, cfg)
+        plan = plan_engine(precision, version, files, input_name, spec.input_shape, cfg)
         return None, plan, target
-    plan = plan_engine(precision, target.trt_version, files, INPUT_NAME, spec.input_shape, cfg)
+    plan = plan_engine(precision, target.trt_version, files, input_name, spec.input_shape, cfg)
     log.warning("%s", plan.reason)
     engine = engine_from_onnx(
         plan, out, blocks=read_blocks(files["fusion_report"]), node_names=node_names_by_output(files["optimized_onnx"])
@@ -340,7 +354,7 @@ def cpu_artifact(files: dict[str, Path]) -> dict[str, Any]:
 def manifest_doc(
     model: LoadedModel, files: dict[str, Path], export: ExportResult | None, optimized: OptimizeResult,
     calibration: CalibrationResult | None, precision: Precision, engine: EngineResult | None, plan: EnginePlan | None,
-    target: Target,
+    target: Target, io: tuple[str, str] = (INPUT_NAME, OUTPUT_NAME),
 ) -> dict[str, Any]:
     spec = model.spec
     doc: dict[str, Any] = {
@@ -350,8 +364,9 @@ def manifest_doc(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"source": model.source, "kind": model.kind, "metrics": model.metrics or {}},
         "spec": spec.to_dict(),
-        "input": {"name": INPUT_NAME, "shape": ["batch", *spec.input_shape], "dtype": "float32"},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", spec.num_classes], "dtype": "float32"},
+        "input": {"name": io[0], "shape": ["batch", *spec.input_shape], "dtype": "float32", "layout": spec.preprocessing.layout},
+        "output": {"name": io[1], "shape": ["batch", spec.num_classes], "dtype": "float32"},
+        "intake": model.intake.to_dict() if model.intake else None,
         "export": export.to_dict() if export else None,
         "optimize": {
             "rewrites": optimized.report.rewrites,
@@ -439,7 +454,7 @@ def build_from_bundle(
             files["fp16_onnx"] = write_fp16(files["optimized_onnx"], manifest.dir / FP16_ONNX)
         cfg = replace(cfg, timing_cache=cfg.timing_cache or manifest.dir / TIMING_CACHE)
         stage("build")
-        plan = plan_engine(precision, target.trt_version, files, INPUT_NAME, manifest.spec.input_shape, cfg)
+        plan = plan_engine(precision, target.trt_version, files, (manifest.input or {}).get("name", INPUT_NAME), manifest.spec.input_shape, cfg)
         log.warning("%s", plan.reason)
         engine = engine_from_onnx(
             plan, manifest.dir, blocks=read_blocks(files["fusion_report"]) if "fusion_report" in files else [],

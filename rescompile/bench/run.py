@@ -214,7 +214,8 @@ def _scratch_engine(manifest: Manifest, precision: str) -> Backend:
     profile = (manifest.engine or {}).get("profiles", [{}])[0]
     cfg = EngineConfig(min_batch=profile.get("min", [1])[0], opt_batch=profile.get("opt", [8])[0], max_batch=profile.get("max", [32])[0])
     cfg = replace(cfg, timing_cache=manifest.dir / "timing.cache")
-    plan = plan_engine(Precision(precision), nvidia.tensorrt_version() or "", files, "input", manifest.spec.input_shape, cfg)
+    input_name = (manifest.input or {}).get("name", "input")
+    plan = plan_engine(Precision(precision), nvidia.tensorrt_version() or "", files, input_name, manifest.spec.input_shape, cfg)
     engine = engine_from_onnx(plan, scratch)
     runner = TensorRTRunner(engine.path, spec=manifest.spec)
     return TrtBackend(f"trt-{precision}", f"TensorRT {precision.upper()}", runner, precision, build_seconds=engine.build_seconds)
@@ -228,13 +229,13 @@ def _eval_images(manifest: Manifest, data: DataConfig | None, limit: int, notes:
             return None
         data = DataConfig(manifest.spec.dataset)
         try:
-            test = load_dataset(data).test
+            test = load_dataset(data, model_input=manifest.spec.input_shape).test
         except MissingDependencyError as exc:  # the model's own test split needs an extra: latency only
             if notes is not None:
                 notes.append(f"no accuracy: {exc} (or pass --eval-data)")
             return None
     else:
-        test = load_dataset(data).test
+        test = load_dataset(data, model_input=manifest.spec.input_shape).test
     if len(test) > limit:
         test = test.subset(np.linspace(0, len(test) - 1, limit).astype(np.int64))
     return test
@@ -244,7 +245,7 @@ def _timing_input(images, spec, batch: int, seed: int = 0) -> np.ndarray:
     """Real images when there are any (tiled to the batch), else fixed random data."""
     if images is not None and len(images):
         idx = np.arange(batch) % len(images)
-        return spec.preprocessing(images.images(idx))
+        return images.batch(idx, spec.preprocessing)
     return np.random.default_rng(seed).standard_normal((batch, *spec.input_shape)).astype(np.float32)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from rescompile.cli import app
@@ -13,6 +14,9 @@ from rescompile.cli._common import Json, StepProgress, TrainProgress, err, guard
 from rescompile.cli.calibrate import (
     C, CalibBatch, CalibData, DataDirOpt, EvalData, MaxDrop, Method, NumImages, Percentile, Sensitivity, TrtVersion,
     calib_config, data_config, print_calibration,
+)
+from rescompile.cli._prep import (
+    CropOpt, DataFormat, FormatOpt, MeanOpt, OrderOpt, ResizeOpt, ScaleOpt, StdOpt, preprocessing_override,
 )
 from rescompile.cli.export import ArchOpt, ClassesOpt, SizeOpt, TrustOpt
 from rescompile.config import EngineConfig, HardwareCompat, Int8Source, Precision
@@ -93,6 +97,13 @@ def build(
     arch: ArchOpt = None,
     num_classes: ClassesOpt = None,
     input_size: SizeOpt = None,
+    data_format: FormatOpt = DataFormat.auto,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    scale: ScaleOpt = None,
+    resize: ResizeOpt = None,
+    center_crop: CropOpt = None,
+    channel_order: OrderOpt = None,
     json_out: Json = False,
 ) -> None:
     """Compile a model into a bundle: export -> optimize -> INT8 calibration -> TensorRT engine
@@ -125,8 +136,9 @@ def build(
     config = BuildConfig(
         source=model, output_dir=output_dir, retrain=retrain, arch=arch, num_classes=num_classes, input_size=input_size, precision=precision or Precision.int8,
         calib=calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity),
-        calib_data=data_config(calib_data, data_dir), eval_data=data_config(eval_data, data_dir), engine=engine,
+        calib_data=data_config(calib_data, data_dir, data_format), eval_data=data_config(eval_data, data_dir, data_format), engine=engine,
         bench=bench, trust_checkpoint=trust_checkpoint,
+        preprocessing=preprocessing_override(mean, std, scale, resize, center_crop, channel_order),
     )
     with StepProgress(enabled=not json_out) as progress:
         result = run_build(
@@ -145,6 +157,7 @@ def build(
         },
         "engine": None if result.engine is None else {"path": str(result.engine.path), "plan": result.engine.plan.to_dict()},
         "engine_plan": None if result.plan is None else result.plan.to_dict(),
+        "notes": result.notes,
         "target": result.target.explanation if result.target else None,
         "bench": None if result.bench is None else {
             "verdict": result.bench.verdict, "warnings": result.bench.warnings,
@@ -154,6 +167,8 @@ def build(
     if json_out:
         print_json(summary)
         return
+    for note in result.notes:
+        err.print(escape(note), highlight=False)
     spec = result.model.spec
     table = Table(title=f"rescompile build: {result.model.name} -> {result.output_dir}")
     table.add_column("artifact")

@@ -6,10 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from rescompile.cli import app
 from rescompile.cli._common import Json, StepProgress, err, guarded, out, print_json
+from rescompile.cli._prep import (
+    CropOpt, DataFormat, FormatOpt, MeanOpt, OrderOpt, ResizeOpt, ScaleOpt, StdOpt, preprocessing_override,
+)
 from rescompile.cli.export import ArchOpt, ClassesOpt, ModelArg, SizeOpt, TrustOpt
 from rescompile.config import CalibConfig, CalibMethod, DataConfig
 
@@ -37,8 +41,8 @@ def calib_config(num_images, method, percentile, batch_size, trt_version, max_ac
     )
 
 
-def data_config(name: str | None, data_dir: Path | None) -> DataConfig | None:
-    return None if name is None else DataConfig(dataset=name, data_dir=data_dir)
+def data_config(name: str | None, data_dir: Path | None, data_format: DataFormat = DataFormat.auto) -> DataConfig | None:
+    return None if name is None else DataConfig(dataset=name, data_dir=data_dir, data_format=data_format.value)
 
 
 def accuracy_table(acc: dict, title: str) -> Table:
@@ -84,6 +88,7 @@ def print_calibration(cal, spec_images: int | None = None) -> None:
     epilog=(
         "Examples:\n\n"
         "  rescompile calibrate model.onnx --data calibration/digits -o out/int8\n\n"
+        "  rescompile calibrate resnet50.onnx --data calib.npy --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o out/int8\n\n"
         "  rescompile calibrate best.pt --method auto --max-accuracy-drop 0.3 -o out/int8\n\n"
         "  rescompile calibrate model.onnx --from-cache jetson.cache --trt-version 10.3.0 -o out/int8"
     )
@@ -108,6 +113,13 @@ def calibrate(
     arch: ArchOpt = None,
     num_classes: ClassesOpt = None,
     input_size: SizeOpt = None,
+    data_format: FormatOpt = DataFormat.auto,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    scale: ScaleOpt = None,
+    resize: ResizeOpt = None,
+    center_crop: CropOpt = None,
+    channel_order: OrderOpt = None,
     json_out: Json = False,
 ) -> None:
     """Calibrate INT8 on real images: Q/DQ ONNX + TensorRT cache + CPU INT8 model from one set of scales."""
@@ -115,9 +127,12 @@ def calibrate(
     from rescompile.pipeline import calibrate_into, int8_inputs
 
     config = calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity)
-    loaded = load_model(model, arch=arch, num_classes=num_classes, input_size=input_size, trust_checkpoint=trust_checkpoint)
+    prep = preprocessing_override(mean, std, scale, resize, center_crop, channel_order)
+    loaded = load_model(model, arch=arch, num_classes=num_classes, input_size=input_size, trust_checkpoint=trust_checkpoint,
+                        preprocessing=prep)
     # Data (or cache) is loaded and checked first: bad input leaves the output directory untouched.
-    inputs = int8_inputs(loaded.spec, config, data_config(data, data_dir), data_config(eval_data, data_dir), from_cache, from_scales)
+    inputs = int8_inputs(loaded.spec, config, data_config(data, data_dir, data_format), data_config(eval_data, data_dir, data_format),
+                         from_cache, from_scales)
     with StepProgress(enabled=not json_out) as progress:
         cal = calibrate_into(loaded, output_dir, config, inputs, on_progress=progress)
     if json_out:
@@ -127,5 +142,7 @@ def calibrate(
             "files": {k: str(getattr(cal, k)) for k in ("qdq_path", "cpu_path", "cache_path", "scales_path", "accuracy_path")},
         })
         return
+    for note in (*(loaded.intake.notes if loaded.intake else ()), *inputs.notes):  # how the model and data were read
+        err.print(escape(note), highlight=False)
     print_calibration(cal)
     err.print(f"artifacts: {output_dir}")

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from rescompile.cli import app
-from rescompile.cli._common import Json, guarded, out, print_json
+from rescompile.cli._common import Json, err, guarded, out, print_json
 from rescompile.cli._report import fusion_table, totals_line
 
 OnnxArg = Annotated[Path, typer.Argument(help="ONNX classifier to read (never modified).", show_default=False)]
@@ -39,6 +40,8 @@ def optimize(
         d["check"] = None if result.check is None else vars(result.check)
         print_json(d)
         return
+    for note in result.report.intake:
+        err.print(f"intake: {escape(note)}", highlight=False)
     out.print(fusion_table(result.report, f"fusion report: {output}"))
     out.print(totals_line(result.report), highlight=False)
     if result.check:
@@ -55,5 +58,7 @@ def inspect(model: OnnxArg, json_out: Json = False) -> None:
     if json_out:
         print_json(report.to_dict())
         return
+    for note in report.intake:
+        err.print(f"intake: {escape(note)}", highlight=False)
     out.print(fusion_table(report, f"fusion report: {model}"))
     out.print(totals_line(report), highlight=False)

@@ -20,7 +20,7 @@ from rescompile._io import expand_user
 from rescompile._lazy import import_optional
 from rescompile.config import DataConfig
 from rescompile.data import cifar
-from rescompile.data.images import IMAGE_SUFFIXES, ArrayImages, FileImages, ImageSet, stratified_split
+from rescompile.data.images import IMAGE_SUFFIXES, ArrayImages, FileImages, ImageSet, TensorSet, stratified_split
 from rescompile.data.preprocess import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from rescompile.errors import DataError
 
@@ -48,11 +48,23 @@ class DatasetSplits:
         return len(self.classes)
 
 
-def load_dataset(config: DataConfig | str = DataConfig(), input_size: int | None = None) -> DatasetSplits:
-    """Load a dataset by name or path. ``input_size`` overrides the default preprocessing size."""
+DATA_FORMATS = ("auto", "images", "tensors")
+
+
+def load_dataset(
+    config: DataConfig | str = DataConfig(), input_size: int | None = None, model_input: tuple[int, ...] | None = None,
+) -> DatasetSplits:
+    """Load a dataset by name or path. ``input_size`` overrides the default preprocessing size;
+    ``model_input`` (one image as the model takes it, e.g. (3, 32, 32)) lets .npy/.npz arrays be
+    recognised as model-ready tensors (see DataConfig.data_format)."""
     if isinstance(config, str):
         config = DataConfig(dataset=config)
+    if config.data_format not in DATA_FORMATS:
+        raise DataError(f"unknown data format {config.data_format!r}", f"Use one of: {', '.join(DATA_FORMATS)}")
     name = config.dataset
+    path = None if name in ("digits", "cifar10", "cifar-10") else expand_user(name)
+    if config.data_format == "tensors" and (path is None or path.suffix not in (".npy", ".npz")):
+        raise DataError(f"--data-format tensors takes a .npy/.npz array, not {name!r}", "Save the tensors with numpy.save, or drop --data-format")
     if name == "digits":
         splits = _digits()
     elif name in ("cifar10", "cifar-10"):
@@ -67,7 +79,7 @@ def load_dataset(config: DataConfig | str = DataConfig(), input_size: int | None
         if path.is_dir():
             splits = _image_folder(path, config)
         elif path.suffix in (".npy", ".npz"):
-            splits = _arrays(path, config)
+            splits = _arrays(path, config, model_input)
         else:
             raise DataError(
                 f"{path} is a file but not a .npy/.npz array",
@@ -211,8 +223,9 @@ def images_from_array(array: np.ndarray, source: str) -> np.ndarray:
             raise DataError(f"{source} contains {bad} NaN or infinite value(s)", "Clean or regenerate the array")
         if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
             raise DataError(
-                f"{source} holds floats outside [0, 1] (min {arr.min():.3g}, max {arr.max():.3g})",
-                "Store raw uint8 pixels or floats in [0, 1]; rescompile applies the model's normalisation itself",
+                f"{source} holds floats outside [0, 1] (min {arr.min():.3g}, max {arr.max():.3g}) in shape {list(arr.shape)}",
+                "Store raw uint8 pixels or floats in [0, 1], or model-ready tensors shaped exactly like the model input"
+                " (N, C, H, W) (--data-format tensors)",
             )
         arr = np.round(arr * 255.0).astype(np.uint8)
     elif arr.dtype != np.uint8:
@@ -317,7 +330,32 @@ def _labels(raw: np.ndarray, source: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _arrays(path: Path, config: DataConfig) -> DatasetSplits:
+def _tensors_or_none(array: np.ndarray, source: str, data_format: str, model_input: tuple[int, ...] | None) -> np.ndarray | None:
+    """``array`` as model-ready float32 tensors when that is what it is (or was said to be), else None."""
+    arr = np.asarray(array)
+    fits = model_input is not None and arr.ndim == 4 and tuple(arr.shape[1:]) == tuple(model_input)
+    if data_format == "images":
+        return None
+    if data_format == "auto":
+        if arr.dtype.kind != "f" or not fits or not arr.size or not np.isfinite(arr).all():
+            return None
+        if 0.0 <= float(arr.min()) and float(arr.max()) <= 1.0:
+            log.warning("%s: floats in [0, 1] shaped like the model input are taken as images (normalised by the model's "
+                        "preprocessing); pass --data-format tensors if they are model-ready", source)
+            return None
+    if arr.dtype.kind != "f":
+        raise DataError(f"{source} has dtype {arr.dtype}, but model-ready tensors are floats", "Save them as float32, or drop --data-format tensors")
+    if not fits:
+        want = "?" if model_input is None else ",".join(map(str, model_input))
+        raise DataError(f"{source} holds tensors of shape [{','.join(map(str, arr.shape))}], but the model takes [N,{want}]",
+                        "Save them shaped exactly like the model input (layout included), or pass images instead")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise DataError(f"{source} contains {bad} NaN or infinite value(s)", "Clean or regenerate the tensors")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _arrays(path: Path, config: DataConfig, model_input: tuple[int, ...] | None = None) -> DatasetSplits:
     import zipfile
 
     labels = None
@@ -330,7 +368,9 @@ def _arrays(path: Path, config: DataConfig) -> DatasetSplits:
                 key = next((k for k in ("images", "x", "data") if k in keys), None)
                 if key is None:
                     raise DataError(f"{path} has arrays {sorted(keys)[:10]} but no 'images'", "Save images under the key 'images'")
-                images = images_from_array(_npz_member(zf, key + ".npy", str(path)), f"{path}[{key}]")
+                raw = _npz_member(zf, key + ".npy", str(path))
+                tensors = _tensors_or_none(raw, f"{path}[{key}]", config.data_format, model_input)
+                images = tensors if tensors is not None else images_from_array(raw, f"{path}[{key}]")
                 lkey = next((k for k in ("labels", "y", "targets") if k in keys), None)
                 if lkey is not None:
                     labels = _labels(_npz_member(zf, lkey + ".npy", str(path)), str(path))
@@ -347,7 +387,8 @@ def _arrays(path: Path, config: DataConfig) -> DatasetSplits:
                 array = _checked_array(fp, str(path), size)
         except OSError as exc:
             raise DataError(f"cannot read {path} ({exc.strerror or exc})", "Check the file") from None
-        images = images_from_array(array, str(path))
+        tensors = _tensors_or_none(array, str(path), config.data_format, model_input)
+        images = tensors if tensors is not None else images_from_array(array, str(path))
     if labels is not None:
         if len(labels) != len(images):
             raise DataError(f"{path}: {len(images)} images but {len(labels)} labels", "Store one label per image")
@@ -360,10 +401,11 @@ def _arrays(path: Path, config: DataConfig) -> DatasetSplits:
             raise DataError(f"{path}: label {top} is beyond {MAX_CLASSES} classes", "The labels are damaged: save them again")
         if not classes:
             classes = tuple(str(i) for i in range(top + 1))
-    full = ArrayImages(images, labels, classes)
+    full = (TensorSet if tensors is not None else ArrayImages)(images, labels, classes)
     val_idx, test_idx, train_idx = stratified_split(
         labels, len(images), (config.val_fraction, config.test_fraction), config.seed
     )
-    size = images.shape[1] if images.shape[1] == images.shape[2] else min(images.shape[1:3])
+    hw = images.shape[1:3] if tensors is None or images.shape[3] in (1, 3) else images.shape[2:4]
+    size = hw[0] if hw[0] == hw[1] else min(hw)
     prep = Preprocessing(int(min(size, 224)), IMAGENET_MEAN, IMAGENET_STD)
     return DatasetSplits(path.stem, full.subset(train_idx), full.subset(val_idx), full.subset(test_idx), classes, prep, True)

@@ -40,6 +40,14 @@ class ImageSet:
     def images(self, indices: Sequence[int] | np.ndarray) -> list[np.ndarray]:
         return [self.image(int(i)) for i in indices]
 
+    def batch(self, indices: Sequence[int] | np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+        """The model's input for these images: ``preprocessing`` applied (model-ready tensors: as they are)."""
+        return preprocessing(self.images(indices))
+
+    def describe(self) -> str:
+        """What these images are and how they reach the model, in a few words."""
+        return f"{len(self)} images, preprocessed by the model's spec"
+
     def require_labels(self, purpose: str) -> np.ndarray:
         if self.labels is None:
             raise DataError(
@@ -81,6 +89,38 @@ class ArrayImages(ImageSet):
 
 
 @dataclass
+class TensorSet(ImageSet):
+    """Model-ready float32 tensors (N, *model input shape), fed exactly as they are: the form most
+    people hand calibration data to TensorRT, Polygraphy and ONNX Runtime's quantizer in."""
+
+    array: np.ndarray
+    labels: np.ndarray | None
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 4 or self.array.dtype != np.float32:
+            raise DataError(f"expected float32 tensors of shape (N, C, H, W) or (N, H, W, C), got {self.array.dtype} {self.array.shape}")
+        if self.labels is not None and len(self.labels) != len(self.array):
+            raise DataError(f"{len(self.array)} tensors but {len(self.labels)} labels: the counts must match")
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def image(self, index: int) -> np.ndarray:
+        raise DataError("these are model-ready tensors, not images", "Use them as model input (they are fed as they are)")
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> TensorSet:
+        idx = np.asarray(indices, dtype=np.int64)
+        return TensorSet(self.array[idx], None if self.labels is None else self.labels[idx], self.classes)
+
+    def batch(self, indices: Sequence[int] | np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+        return np.ascontiguousarray(self.array[np.asarray(indices, dtype=np.int64)])
+
+    def describe(self) -> str:
+        return f"{len(self)} model-ready tensors [{','.join(map(str, self.array.shape[1:]))}], fed as they are"
+
+
+@dataclass
 class FileImages(ImageSet):
     """Images decoded from files on demand (bounded memory for large folders)."""
 
@@ -115,7 +155,7 @@ def iter_batches(
     shuffle: bool = False,
     seed: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Yield (float32 NCHW, int64 labels or None) batches; memory is bounded by ``batch_size``."""
+    """Yield (float32 model input, int64 labels or None) batches; memory is bounded by ``batch_size``."""
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
     order = np.arange(len(images))
@@ -128,10 +168,7 @@ def iter_batches(
     )
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        if fast:
-            x = preprocessing.normalize(images.array[idx])
-        else:
-            x = preprocessing(images.images(idx))
+        x = preprocessing.normalize(images.array[idx]) if fast else images.batch(idx, preprocessing)
         y = None if images.labels is None else images.labels[idx]
         yield x, y
 
@@ -163,8 +200,9 @@ def concat(sets: Sequence[ImageSet]) -> ImageSet:
     if not sets:
         raise DataError("no images", "Provide a non-empty dataset")
     labels = None if any(s.labels is None for s in sets) else np.concatenate([s.labels for s in sets])
-    if all(isinstance(s, ArrayImages) for s in sets) and len({s.array.shape[1:] for s in sets}) == 1:
-        return ArrayImages(np.concatenate([s.array for s in sets]), labels, sets[0].classes)
+    for kind in (ArrayImages, TensorSet):
+        if all(isinstance(s, kind) for s in sets) and len({s.array.shape[1:] for s in sets}) == 1:
+            return kind(np.concatenate([s.array for s in sets]), labels, sets[0].classes)
     if all(isinstance(s, FileImages) for s in sets):
         return FileImages([p for s in sets for p in s.paths], labels, sets[0].classes)
     raise DataError("cannot combine image sets of different kinds", "Use one dataset")

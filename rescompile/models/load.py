@@ -6,12 +6,13 @@ import logging
 import pickle
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rescompile._io import expand_user, loads_json
 from rescompile._lazy import import_optional
+from rescompile.data.preprocess import PreprocessingOverride
 from rescompile.errors import ModelError
 from rescompile.models.checkpoint import is_rescompile_checkpoint
 from rescompile.models.registry import ARCHITECTURES, arch_info, create_model, default_preprocessing, resolve_options
@@ -33,6 +34,7 @@ class LoadedModel:
     module: Any = None  # torch.nn.Module or torch.jit.ScriptModule, in eval mode
     onnx_path: Path | None = None
     metrics: dict[str, Any] | None = None
+    intake: Any = None  # rescompile.models.intake.IntakeReport of an ONNX source
 
     @property
     def name(self) -> str:
@@ -49,8 +51,10 @@ def load_model(
     input_size: int | None = None,
     pretrained: bool = False,
     trust_checkpoint: bool = False,
+    preprocessing: PreprocessingOverride | None = None,
 ) -> LoadedModel:
-    """Load ``source``. ``arch``/``num_classes``/``input_size`` fill in what the file lacks.
+    """Load ``source``. ``arch``/``num_classes``/``input_size`` fill in what the file lacks, and
+    ``preprocessing`` (what the user named: --mean, --std, ...) what it does not say about its input.
 
     Checkpoints are read with ``torch.load(weights_only=True)``; ``trust_checkpoint=True``
     allows full unpickling (runs code from the file: only for files you trust).
@@ -67,10 +71,15 @@ def load_model(
     if path.is_dir():
         raise ModelError(f"{path} is a directory, not a model file", "Pass the .pt, .ts or .onnx file itself")
     if path.suffix.lower() in _ONNX_SUFFIXES or _looks_like_onnx(path):
-        return _from_onnx(path, input_size, num_classes)
+        return _from_onnx(path, input_size, num_classes, preprocessing)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
-        return _from_torchscript(path, arch, num_classes, input_size)
-    return _from_checkpoint(path, arch, num_classes, input_size, trust_checkpoint)
+        loaded = _from_torchscript(path, arch, num_classes, input_size)
+    else:
+        loaded = _from_checkpoint(path, arch, num_classes, input_size, trust_checkpoint)
+    if preprocessing is not None and not preprocessing.empty:
+        log.warning("%s: using the preprocessing given on the command line instead of the model's own", path)
+        loaded = replace(loaded, spec=replace(loaded.spec, preprocessing=preprocessing.apply(loaded.spec.preprocessing)))
+    return loaded
 
 
 def _from_name(name: str, num_classes: int | None, input_size: int | None, pretrained: bool) -> LoadedModel:
@@ -92,12 +101,12 @@ def _looks_like_onnx(path: Path) -> bool:
     return len(head) == 2 and head[0] == 0x08 and not zipfile.is_zipfile(path)
 
 
-def _from_onnx(path: Path, input_size: int | None, num_classes: int | None) -> LoadedModel:
-    from rescompile.models.onnx_model import load_onnx, spec_from_onnx
+def _from_onnx(path: Path, input_size: int | None, num_classes: int | None, override: PreprocessingOverride | None) -> LoadedModel:
+    from rescompile.models.onnx_model import read_onnx, spec_from_onnx
 
-    model = load_onnx(path)
-    spec = spec_from_onnx(model, path, input_size=input_size, num_classes=num_classes)
-    return LoadedModel(spec, str(path), "onnx", onnx_path=path)
+    model, intake = read_onnx(path)  # foreign files are refused here, in one line, before any stage runs
+    spec = spec_from_onnx(model, path, input_size=input_size, num_classes=num_classes, override=override)
+    return LoadedModel(spec, str(path), "onnx", onnx_path=path, intake=intake)
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rescompile._io import loads_json
-from rescompile.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from rescompile.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, PreprocessingOverride
 from rescompile.errors import ModelError
 from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
 
@@ -46,54 +47,60 @@ def graph_inputs(model) -> list:
     return [i for i in model.graph.input if i.name not in init]
 
 
+def read_onnx(path: Path):
+    """load_onnx, then intake (rescompile.models.intake): the canonical model and what changed."""
+    from rescompile.models.intake import normalize_onnx
+
+    return normalize_onnx(load_onnx(path), path)
+
+
 def check_classifier(model, path: Path | str) -> tuple[list[Any], list[Any]]:
     """Raise unless the graph looks like a ResNet-style image classifier; return (in, out) dims."""
-    inputs, outputs = graph_inputs(model), list(model.graph.output)
-    why = None
-    if len(inputs) != 1:
-        why = f"it has {len(inputs)} inputs (expected one image batch)"
-    elif len(outputs) != 1:
-        why = f"it has {len(outputs)} outputs (expected one logits tensor)"
-    else:
-        in_dims, out_dims = _dims(inputs[0]), _dims(outputs[0])
-        if len(in_dims) != 4:
-            why = f"its input has rank {len(in_dims)} (expected N x C x H x W)"
-        elif isinstance(in_dims[1], int) and in_dims[1] not in (1, 3):
-            why = f"its input has {in_dims[1]} channels (expected 1 or 3, NCHW layout)"
-        elif out_dims and len(out_dims) != 2:
-            why = f"its output has rank {len(out_dims)} (expected N x classes)"
-        elif not any(n.op_type == "Conv" for n in model.graph.node):
-            why = "it has no Conv nodes"
-    if why:
-        raise ModelError(
-            f"{path} is not a ResNet-like image classifier: {why}",
-            "rescompile takes CNN classifiers with one NCHW image input and one logits output",
-        )
-    return in_dims, out_dims
+    from rescompile.models.intake import check_io
+
+    check_io(model, path)
+    return _dims(graph_inputs(model)[0]), _dims(model.graph.output[0])
 
 
-def spec_from_onnx(model, path: Path, *, input_size: int | None = None, num_classes: int | None = None) -> ModelSpec:
-    """The ModelSpec stored in the metadata by ``rescompile export``, else one inferred from shapes."""
+def spec_from_onnx(
+    model, path: Path, *, input_size: int | None = None, num_classes: int | None = None, override: PreprocessingOverride | None = None,
+) -> ModelSpec:
+    """The ModelSpec stored in the metadata by ``rescompile export``, else one inferred from the
+    graph and the preprocessing the user named (``override``; ImageNet's, with a warning, when none)."""
+    from rescompile.models.intake import input_layout
+
     in_dims, out_dims = check_classifier(model, path)
+    override = override if override is not None and not override.empty else None
     meta = {p.key: p.value for p in model.metadata_props}
     if ONNX_METADATA_KEY in meta:
         try:
-            return ModelSpec.from_dict(loads_json(meta[ONNX_METADATA_KEY]))
+            spec = ModelSpec.from_dict(loads_json(meta[ONNX_METADATA_KEY]))
         except (ValueError, RecursionError) as exc:  # bad JSON, 4300+ digit numbers, deep nesting
             raise ModelError(f"{path} has a corrupt {ONNX_METADATA_KEY} metadata entry", "Re-export it") from exc
-    h, w = in_dims[2], in_dims[3]
-    static = h if isinstance(h, int) and h == w else None
-    size = static or input_size
+        if override is None:
+            return spec
+        log.warning("%s carries its own preprocessing; using the one given on the command line instead", path)
+        return replace(spec, preprocessing=override.apply(spec.preprocessing))
+    layout = input_layout(model)
+    h, w = (in_dims[1], in_dims[2]) if layout == "nhwc" else (in_dims[2], in_dims[3])
+    static = h if isinstance(h, int) and h > 0 and h == w else None
+    wanted = (override.input_size if override else None) or input_size
+    if static and wanted and wanted != static:
+        raise ModelError(f"{path} takes {static}x{static} images, not {wanted}x{wanted}", "Drop --input-size, or pass the model's own size")
+    size = static or wanted
     if size is None:
         size = 224
-        log.warning("%s has a dynamic input size and no rescompile metadata: assuming 224x224", path)
-    classes = out_dims[1] if len(out_dims) == 2 and isinstance(out_dims[1], int) else num_classes
+        log.warning("%s has a dynamic input size and no rescompile metadata: assuming 224x224 (pass --input-size)", path)
+    classes = out_dims[1] if len(out_dims) == 2 and isinstance(out_dims[1], int) and out_dims[1] > 0 else num_classes
     if classes is None:
         raise ModelError(f"{path} has a dynamic number of classes", "Pass --num-classes")
-    log.warning(
-        "%s carries no preprocessing metadata: assuming ImageNet mean/std; pass a model exported "
-        "by rescompile to keep training-time preprocessing",
-        path,
-    )
-    prep = Preprocessing(size, IMAGENET_MEAN, IMAGENET_STD, resize=round(size * 256 / 224) if size >= 96 else None)
-    return ModelSpec("onnx", int(classes), prep, (), {}, None)
+    base = Preprocessing(size, IMAGENET_MEAN, IMAGENET_STD, resize=round(size * 256 / 224) if size >= 96 else None, layout=layout)
+    if override is None:
+        log.warning("%s carries no preprocessing: assuming ImageNet mean/std on RGB 0-1 pixels (if it was trained otherwise, "
+                    "pass --mean/--std, --scale 255 or --channel-order bgr)", path)
+        prep = base
+    else:
+        prep = replace(override.apply(base), input_size=size, layout=layout)
+        log.info("%s: %s", path, override.describe(prep))
+    softmax = any(n.op_type == "Softmax" and model.graph.output[0].name in n.output for n in model.graph.node)
+    return ModelSpec("onnx", int(classes), prep, (), {"output": "probabilities"} if softmax else {}, None)

@@ -32,8 +32,9 @@ class Prediction:
 class Runner:
     """Base class. Subclasses set ``backend`` and implement ``_run`` and ``_release``.
 
-    ``input_shape`` is (C, H, W) with None for dimensions the model leaves dynamic; it comes
-    from the model file and falls back to the spec, and every batch is checked against it.
+    ``input_shape`` is (C, H, W), or (H, W, C) for an NHWC model, with None for dimensions the
+    model leaves dynamic; it comes from the model file and falls back to the spec, and every batch
+    is checked against it.
     """
 
     backend: str = "?"
@@ -55,6 +56,7 @@ class Runner:
         spec_chw = spec.input_shape if spec is not None else (None, None, None)
         # The model's own static dims win; the spec fills in what the model leaves dynamic.
         self.input_shape = tuple(m if m is not None else s for m, s in zip(model_chw, spec_chw))
+        self.layout = spec.preprocessing.layout if spec is not None else _guess_layout(self.input_shape)
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -81,7 +83,7 @@ class Runner:
 
     # -- inference ----------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """float32 NCHW batch -> float32 logits (N, classes). NaN inputs pass through."""
+        """float32 batch in the model's layout (NCHW, or NHWC) -> float32 logits (N, classes). NaN inputs pass through."""
         if self._closed:
             raise RunnerError(f"{self.backend} runner for {self.source} is closed", "Load the model again")
         batch = self.check_batch(batch)
@@ -99,19 +101,23 @@ class Runner:
                 "Convert it with batch.astype(np.float32)"
             raise RunnerError(f"infer() takes a float32 batch, got {batch.dtype}", hint)
         expected = "x".join("?" if d is None else str(d) for d in self.input_shape)
+        layout = self.layout.upper()
         if batch.ndim != 4:
             hint = "Add the batch axis: batch[None]" if batch.ndim == 3 else f"Pass an (N, {expected.replace('x', ', ')}) array"
-            raise RunnerError(f"infer() takes an N x {expected} (NCHW) batch, got shape {batch.shape}", hint)
+            raise RunnerError(f"infer() takes an N x {expected} ({layout}) batch, got shape {batch.shape}", hint)
         if batch.shape[0] == 0:
             raise RunnerError("infer() got an empty batch (N = 0)", "Pass at least one image")
-        c, h, w = self.input_shape
-        if c is not None and batch.shape[1] != c:
-            hint = "The batch looks NHWC: use batch.transpose(0, 3, 1, 2)" if batch.shape[3] == c else \
-                f"The model takes {c} channels"
-            raise RunnerError(f"infer() got {batch.shape[1]} channels in shape {batch.shape}, the model takes N x {expected}", hint)
-        if (h is not None and batch.shape[2] != h) or (w is not None and batch.shape[3] != w):
+        nhwc = self.layout == "nhwc"
+        c, h, w = (self.input_shape[2], *self.input_shape[:2]) if nhwc else self.input_shape
+        got_c, got_h, got_w = (batch.shape[3], *batch.shape[1:3]) if nhwc else batch.shape[1:]
+        if c is not None and got_c != c:
+            other = batch.shape[1] if nhwc else batch.shape[3]
+            hint = (f"The batch looks {'NCHW' if nhwc else 'NHWC'} and the model takes {layout}: use batch.transpose"
+                    f"{(0, 2, 3, 1) if nhwc else (0, 3, 1, 2)}") if other == c else f"The model takes {c} channels"
+            raise RunnerError(f"infer() got {got_c} channels in shape {batch.shape}, the model takes N x {expected} ({layout})", hint)
+        if (h is not None and got_h != h) or (w is not None and got_w != w):
             raise RunnerError(
-                f"infer() got images of {batch.shape[2]}x{batch.shape[3]}, the model takes N x {expected}",
+                f"infer() got images of {got_h}x{got_w}, the model takes N x {expected} ({layout})",
                 "Resize with the model's preprocessing (runner.spec.preprocessing), or use classify()",
             )
         return np.ascontiguousarray(batch, dtype=np.float32)
@@ -128,7 +134,10 @@ class Runner:
             raise RunnerError(f"top_k must be a positive integer, got {top_k!r}", "Pass top_k=1 or more")
         batch = self.spec.preprocessing(read_image(image))
         logits = self.infer(batch)[0].astype(np.float64)
-        probs = softmax(logits)
+        if self.spec.options.get("output") == "probabilities":  # the model ends in its own Softmax
+            probs = np.clip(logits, 0.0, None) / max(float(np.clip(logits, 0.0, None).sum()), 1e-12)
+        else:
+            probs = softmax(logits)
         k = min(top_k, probs.shape[0])
         order = np.argsort(-probs, kind="stable")[:k]
         return [Prediction(int(i), self.spec.label(int(i)), float(probs[i])) for i in order]
@@ -168,3 +177,10 @@ def read_image(image: Any) -> np.ndarray:
         f"classify() takes an image array, a PIL image or a path, got {type(image).__name__}",
         "Pass one HxWx3 uint8 RGB image",
     )
+
+
+def _guess_layout(shape: tuple[int | None, ...]) -> str:
+    """A model without a spec: NHWC when only the last axis looks like 1 or 3 channels."""
+    if len(shape) == 3 and shape[0] not in (1, 3) and shape[2] in (1, 3):
+        return "nhwc"
+    return "nchw"

@@ -29,7 +29,7 @@ def test_int8_bundle_is_complete_and_self_describing(int8_bundle, trained):
     assert m.format_version == 2 and m.precision == "int8"
     assert set(verify(m)) == set(m.files)  # every file is there and hashes as recorded
     doc = m.doc
-    assert doc["input"] == {"name": "input", "shape": ["batch", 3, 32, 32], "dtype": "float32"}
+    assert doc["input"] == {"name": "input", "shape": ["batch", 3, 32, 32], "dtype": "float32", "layout": "nchw"}
     assert doc["output"]["shape"] == ["batch", 10]
     assert doc["cpu_artifact"] == {"path": "model_int8_cpu.onnx", "runtime": "onnxruntime", "precision": "int8"}
     # What the manifest says of NVIDIA is what this machine has (a GPU box without TensorRT included).

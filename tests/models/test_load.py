@@ -96,7 +96,9 @@ def test_onnx_source_keeps_spec_from_metadata(trained, tmp_path):
 
 
 def _graph(nodes, inputs, outputs, inits=()):
-    return helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, list(inits)), opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, list(inits)), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what ONNX Runtime 1.23 (the last for Python 3.10) reads; onnx 1.23 writes 14
+    return model
 
 
 def test_onnx_that_is_not_an_image_classifier_is_refused(tmp_path):

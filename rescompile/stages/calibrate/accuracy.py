@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from rescompile._lazy import import_optional
+from rescompile._ort import cpu_session
 from rescompile.data.images import ImageSet, iter_batches
 from rescompile.data.preprocess import Preprocessing
 from rescompile.errors import DataError
@@ -42,7 +43,7 @@ def session(model: onnx.ModelProto, *, reference: bool, threads: int | None = No
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return cpu_session(model.SerializeToString(), so, "the model")
 
 
 def logits_of(sess, images: ImageSet, prep: Preprocessing, batch_size: int = 64) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from rescompile._lazy import import_optional
+from rescompile._ort import cpu_session
 from rescompile.errors import DataError
 
 HIST_BINS = 2048  # TensorRT's entropy calibrator histogram size (Migacz, GTC 2017)
@@ -61,7 +62,7 @@ def _session(model: onnx.ModelProto, tensors: list[str]):
     # Basic level only: no fusions that would change what an intermediate tensor holds.
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.log_severity_level = 3
-    session = ort.InferenceSession(exposed.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    session = cpu_session(exposed.SerializeToString(), so, "the model for calibration")
     return session, session.get_inputs()[0].name
 
 

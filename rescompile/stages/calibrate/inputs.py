@@ -4,7 +4,7 @@ existing calibration cache, loaded and checked before the pipeline writes anythi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ def calibration_images(spec: ModelSpec, data: DataConfig | None) -> tuple[ImageS
             )
         sample = sample_calibration_dir()
         data = DataConfig(str(sample) if sample else "digits")
-    splits = load_dataset(data)
+    splits = load_dataset(data, model_input=spec.input_shape)
     if data.dataset in _NAMED or (Path(data.dataset) / "train").is_dir():
         return splits.train, data.dataset
     return concat([splits.train, splits.val, splits.test]), data.dataset
@@ -51,7 +51,7 @@ def evaluation_images(spec: ModelSpec, data: DataConfig | None, calib: DataConfi
         else:
             log.warning("no labelled evaluation data: INT8 accuracy is not measured (pass --eval-data)")
             return None, None
-    splits = load_dataset(data)
+    splits = load_dataset(data, model_input=spec.input_shape)
     if splits.test.labels is None:
         log.warning("evaluation data %s has no labels: reporting agreement with FP32 only", data.dataset)
     if calib is not None and calib.dataset == data.dataset and data.dataset not in _NAMED:
@@ -69,6 +69,7 @@ class Int8Inputs:
     test: ImageSet | None  # labelled split for the FP32-vs-INT8 accuracy check
     cache: CalibrationCache | None = None
     scales: dict[str, float] | None = None  # amax per tensor from an earlier scales.json
+    notes: list[str] = field(default_factory=list)  # how each data source was read, one line each
 
 
 def check_calibration_images(images: ImageSet, spec: ModelSpec, source: str) -> None:
@@ -105,7 +106,10 @@ def int8_inputs(
         check_calibration_images(images, spec, name)
         check_image_count(len(images), calib)
     val, test = evaluation_images(spec, eval_data, calib_data)
-    return Int8Inputs(images, name, val, test, cache, scales)
+    notes = [] if images is None else [f"calibration data {Path(name).name}: {images.describe()}"]
+    if test is not None:
+        notes.append(f"evaluation data: {test.describe()} (held-out split{', labelled' if test.labels is not None else ', unlabelled'})")
+    return Int8Inputs(images, name, val, test, cache, scales, notes)
 
 
 def calibrate_model(

@@ -16,7 +16,9 @@ import onnx
 
 from rescompile._io import atomic_path
 from rescompile._lazy import import_optional
+from rescompile._ort import cpu_session, run
 from rescompile.errors import ModelError, OptimizeError
+from rescompile.models.intake import IntakeReport, normalize_onnx
 from rescompile.stages.optimize.batchnorm import (
     batchnorm_inference_mode,
     batchnorm_to_affine,
@@ -55,6 +57,7 @@ class OptimizeResult:
     report: FusionReport
     check: EquivalenceCheck | None
     simplify_note: str
+    intake: IntakeReport | None = None
 
     @property
     def rewrites(self) -> int:
@@ -131,11 +134,14 @@ def _simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
 
 
 def _probe_input(model: onnx.ModelProto) -> np.ndarray:
+    """A random input of the (normalised) model's declared shape: batch 1 where dynamic, and for
+    other dynamic dims what an image classifier takes (3 channels, 224 pixels)."""
+    from rescompile.models.intake import input_layout
     from rescompile.models.onnx_model import graph_inputs
 
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_inputs(model)[0].type.tensor_type.shape.dim]
-    fallback = [2, 3, 224, 224]
-    shape = [d if d else fallback[i] for i, d in enumerate(dims)]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in graph_inputs(model)[0].type.tensor_type.shape.dim]
+    fallback = [1, 224, 224, 3] if input_layout(model) == "nhwc" else [1, 3, 224, 224]
+    shape = [d or fallback[i] for i, d in enumerate(dims)]
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
@@ -146,13 +152,25 @@ def run_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    session = cpu_session(model.SerializeToString(), so, "the model")
+    return run(session, None, {session.get_inputs()[0].name: x}, "the model")[0]
 
 
-def check_equivalent(before: onnx.ModelProto, after: onnx.ModelProto, atol: float = 1e-4, rtol: float = 1e-3) -> EquivalenceCheck:
-    x = _probe_input(before)
-    ref, got = run_reference(before, x), run_reference(after, x)
+def check_equivalent(
+    before: onnx.ModelProto, after: onnx.ModelProto, atol: float = 1e-4, rtol: float = 1e-3, fallback: onnx.ModelProto | None = None,
+) -> EquivalenceCheck:
+    """Outputs of ``before`` and ``after`` on one random input (ONNX Runtime, optimizations off).
+    ``fallback`` is the reference when ONNX Runtime cannot run ``before`` as it is (e.g. a source
+    file in a form only intake made runnable)."""
+    x = _probe_input(after)
+    try:
+        ref = run_reference(before, x)
+    except ModelError as exc:
+        if fallback is None:
+            raise
+        log.info("ONNX Runtime cannot run the source as it is (%s): checking against its normalised form", exc.__class__.__name__)
+        ref = run_reference(fallback, x)
+    got = run_reference(after, x)
     diff, scale = float(np.abs(ref - got).max()), float(np.abs(ref).max())
     tol = atol + rtol * scale
     return EquivalenceCheck(diff, scale, tol, diff <= tol)
@@ -165,19 +183,24 @@ def optimize_onnx(source: str | Path, output: str | Path, *, check: bool = True,
     source, output = Path(source), Path(output)
     if not source.exists():
         raise ModelError(f"no such ONNX file: {source}", "Check the path")
-    model = load_onnx(source)
+    original = load_onnx(source)
+    model, intake = normalize_onnx(original, source)
     optimized, report = optimize_model(model, source)
-    # The reference for the check runs BN on running statistics too (see batchnorm_inference_mode).
-    baseline = model
+    report.intake = list(intake.notes)
+    # The reference for the check is the file as given (BN on running statistics, as in
+    # batchnorm_inference_mode), so intake's rewrites are checked along with the passes.
+    baseline, normalised = original, model
     if report.rewrites.get("batchnorm_inference_mode"):
-        baseline = onnx.ModelProto()
-        baseline.CopyFrom(model)
+        baseline, normalised = onnx.ModelProto(), onnx.ModelProto()
+        baseline.CopyFrom(original)
+        normalised.CopyFrom(model)
         batchnorm_inference_mode(Graph(baseline))
+        batchnorm_inference_mode(Graph(normalised))
     note = "skipped"
     if simplify:
         optimized, note = _simplify(optimized)
         report.nodes_after = len(optimized.graph.node)
-    result_check = check_equivalent(baseline, optimized) if check else None
+    result_check = check_equivalent(baseline, optimized, fallback=normalised) if check else None
     if result_check is not None and not result_check.passed:
         raise OptimizeError(
             f"optimized model differs from the original by {result_check.max_abs_diff:.3g} "
@@ -187,7 +210,7 @@ def optimize_onnx(source: str | Path, output: str | Path, *, check: bool = True,
     with atomic_path(output) as tmp:
         onnx.save(optimized, str(tmp))
     log.info("optimized %s -> %s: %s", source, output, report.rewrites)
-    return OptimizeResult(output, report, result_check, note)
+    return OptimizeResult(output, report, result_check, note, intake)
 
 
 def inspect_onnx(source: str | Path) -> FusionReport:
@@ -196,4 +219,7 @@ def inspect_onnx(source: str | Path) -> FusionReport:
     source = Path(source)
     if not source.exists():
         raise ModelError(f"no such ONNX file: {source}", "Check the path")
-    return inspect_model(load_onnx(source), source)
+    model, intake = normalize_onnx(load_onnx(source), source)
+    report = inspect_model(model, source)
+    report.intake = list(intake.notes)
+    return report

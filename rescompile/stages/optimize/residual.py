@@ -50,6 +50,7 @@ class FusionReport:
     nodes_before: int
     nodes_after: int
     rewrites: dict[str, int] = field(default_factory=dict)
+    intake: list[str] = field(default_factory=list)  # what ONNX intake normalised in the source, one line each
 
     @property
     def fusable_blocks(self) -> int:
