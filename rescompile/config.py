@@ -183,6 +183,11 @@ class CalibConfig:
     max_accuracy_drop: float | None = None  # points of top-1; None: quantize every Conv/Gemm
     sensitivity: bool = False  # per-layer accuracy effect of quantizing each Conv alone
     reduce_range: bool | None = None  # CPU artifact: 7-bit weights; None: when the CPU lacks VNNI
+    # The safety net (stages/calibrate/safety.py): when INT8 loses more than this many points of
+    # top-1, or agrees with FP32 on fewer images than this, other calibrators are tried, then float layers.
+    fallback: bool = True
+    fallback_max_drop: float = 1.0
+    fallback_min_agreement: float = 0.98
     # (method, percentile) pairs that --method auto tries on the held-out split
     auto_candidates: tuple[tuple[str, float], ...] = (
         ("entropy", 0.0), ("percentile", 99.99), ("percentile", 99.999), ("mse", 0.0), ("max", 0.0),

@@ -39,6 +39,11 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RescompileError as exc:
+            rows = getattr(exc, "rows", None)  # a failed safety net: what it tried, before the one error line
+            if rows:
+                for r in rows:
+                    drop = "" if r.get("drop_points") is None else f", drop {r['drop_points']:+.2f} pts"
+                    err.print(f"  {escape(r['calibrator'])}: agreement {r['top1_agreement']:.1%}{drop}", highlight=False)
             # escape: messages hold pip extras like 'rescompile[compile]', which Rich would read as markup
             err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None

@@ -12,7 +12,7 @@ from rich.table import Table
 from rescompile.cli import app
 from rescompile.cli._common import Json, StepProgress, TrainProgress, err, guarded, out, print_json
 from rescompile.cli.calibrate import (
-    C, CalibBatch, CalibData, DataDirOpt, EvalData, MaxDrop, Method, NumImages, Percentile, Sensitivity, TrtVersion,
+    C, CalibBatch, CalibData, DataDirOpt, EvalData, Fallback, MaxDrop, Method, NumImages, Percentile, Sensitivity, TrtVersion,
     calib_config, data_config, print_calibration,
 )
 from rescompile.cli._prep import (
@@ -74,6 +74,7 @@ def build(
     trt_version: TrtVersion = C.trt_version,
     max_accuracy_drop: MaxDrop = None,
     sensitivity: Sensitivity = False,
+    fallback: Fallback = True,
     int8_source: Annotated[
         Int8Source, typer.Option(case_sensitive=False, help="TensorRT 10: qdq (explicit, default) or cache (implicit INT8 from calibration.cache).")
     ] = E.int8_source,
@@ -135,7 +136,7 @@ def build(
 
     config = BuildConfig(
         source=model, output_dir=output_dir, retrain=retrain, arch=arch, num_classes=num_classes, input_size=input_size, precision=precision or Precision.int8,
-        calib=calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity),
+        calib=calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity, fallback),
         calib_data=data_config(calib_data, data_dir, data_format), eval_data=data_config(eval_data, data_dir, data_format), engine=engine,
         bench=bench, trust_checkpoint=trust_checkpoint,
         preprocessing=preprocessing_override(mean, std, scale, resize, center_crop, channel_order),
@@ -153,7 +154,7 @@ def build(
         "fusion": result.optimize.report.to_dict(),
         "calibration": None if result.calibration is None else {
             "method": result.calibration.method, "images": result.calibration.images, "accuracy": result.calibration.accuracy,
-            "lint": result.calibration.lint,
+            "lint": result.calibration.lint, "safety_net": result.calibration.safety,
         },
         "engine": None if result.engine is None else {"path": str(result.engine.path), "plan": result.engine.plan.to_dict()},
         "engine_plan": None if result.plan is None else result.plan.to_dict(),

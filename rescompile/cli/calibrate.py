@@ -32,12 +32,16 @@ CalibBatch = Annotated[int, typer.Option(min=1, help="Images per calibration bat
 TrtVersion = Annotated[str, typer.Option(help="TensorRT version the calibration cache is written for (JetPack 6: 10.3.0).")]
 MaxDrop = Annotated[float | None, typer.Option(min=0.0, help="Leave the most sensitive layers in float until the top-1 drop is within this many points.")]
 Sensitivity = Annotated[bool, typer.Option(help="Report the accuracy effect of quantizing each Conv alone.")]
+Fallback = Annotated[bool, typer.Option(
+    "--fallback/--no-fallback",
+    help="Safety net: when INT8 drops more than 1 point or agrees with FP32 on < 98% of images, try the other calibrators, "
+         "then float layers, else stop. --no-fallback keeps --method as it is.")]
 
 
-def calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity) -> CalibConfig:
+def calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity, fallback=True) -> CalibConfig:
     return CalibConfig(
         method=method, percentile=percentile, num_images=num_images, batch_size=batch_size, trt_version=trt_version,
-        max_accuracy_drop=max_accuracy_drop, sensitivity=sensitivity,
+        max_accuracy_drop=max_accuracy_drop, sensitivity=sensitivity, fallback=fallback,
     )
 
 
@@ -58,7 +62,28 @@ def accuracy_table(acc: dict, title: str) -> Table:
     return table
 
 
-def print_calibration(cal, spec_images: int | None = None) -> None:
+def tensor_table(rows: list[dict], title: str) -> Table:
+    names = list(rows[0]["calibrators"]) if rows and rows[0]["calibrators"] else []
+    if not names:
+        names = next((list(r["calibrators"]) for r in rows if r["calibrators"]), [])
+    t = Table(title=title)
+    for col in ("tensor", "min", "max", "amax kept", "clipped", *names):
+        t.add_column(col, justify="right" if col != "tensor" else "left")
+    for r in rows:
+        name = r["tensor"] if len(r["tensor"]) <= 48 else "..." + r["tensor"][-45:]
+        t.add_row(escape(name) + (" (input)" if r["network_input"] else ""), f"{r['min']:.3g}", f"{r['max']:.3g}", f"{r['amax']:.3g}",
+                  f"{r['clipped']:.3%}", *(f"{r['calibrators'][n]:.3g}" if n in r["calibrators"] else "-" for n in names))
+    return t
+
+
+def print_calibration(cal, full_report: bool = False) -> None:
+    if cal.safety.get("note"):
+        out.print(f"[yellow]safety net ({escape(cal.safety['judged_on'])}): {escape(cal.safety['note'])}[/yellow]")
+    if cal.tensors:
+        from rescompile.stages.calibrate.safety import worst_clipped
+
+        rows = cal.tensors if full_report else worst_clipped(cal.tensors)
+        out.print(tensor_table(rows, "every activation tensor" if full_report else "the five most clipped tensors (--report: all)"))
     if cal.candidates:
         t = Table(title="--method auto: calibrators on the held-out split")
         for col in ("method", "top-1", "drop (points)", "agreement", "cosine"):
@@ -109,6 +134,8 @@ def calibrate(
     from_scales: Annotated[Path | None, typer.Option(help="Import scales from the scales.json of an earlier calibration instead of calibrating.")] = None,
     max_accuracy_drop: MaxDrop = None,
     sensitivity: Sensitivity = False,
+    fallback: Fallback = True,
+    report: Annotated[bool, typer.Option("--report", help="Print every activation tensor: range, amax, share clipped, each calibrator's amax.")] = False,
     trust_checkpoint: TrustOpt = False,
     arch: ArchOpt = None,
     num_classes: ClassesOpt = None,
@@ -126,7 +153,7 @@ def calibrate(
     from rescompile.models.load import load_model
     from rescompile.pipeline import calibrate_into, int8_inputs
 
-    config = calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity)
+    config = calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity, fallback)
     prep = preprocessing_override(mean, std, scale, resize, center_crop, channel_order)
     loaded = load_model(model, arch=arch, num_classes=num_classes, input_size=input_size, trust_checkpoint=trust_checkpoint,
                         preprocessing=prep)
@@ -139,10 +166,11 @@ def calibrate(
         print_json({
             "method": cal.method, "percentile": cal.percentile, "images": cal.images, "accuracy": cal.accuracy,
             "auto_candidates": cal.candidates, "sensitivity": cal.sensitivity, "float_layers": cal.float_layers, "lint": cal.lint,
+            "safety_net": cal.safety, "tensors": cal.tensors,
             "files": {k: str(getattr(cal, k)) for k in ("qdq_path", "cpu_path", "cache_path", "scales_path", "accuracy_path")},
         })
         return
     for note in (*(loaded.intake.notes if loaded.intake else ()), *inputs.notes):  # how the model and data were read
         err.print(escape(note), highlight=False)
-    print_calibration(cal)
+    print_calibration(cal, full_report=report)
     err.print(f"artifacts: {output_dir}")

@@ -22,6 +22,7 @@ from rescompile.models.spec import ModelSpec
 from rescompile.stages.calibrate.accuracy import Agreement, Evaluator, drop_points
 from rescompile.stages.calibrate.cache import CalibrationCache, check_cache_for, write_cache
 from rescompile.stages.calibrate.calibrators import compute_amax
+from rescompile.stages.calibrate.safety import Verdict, safety_net, tensor_report
 from rescompile.stages.calibrate.collect import TensorStats, activation_tensors, collect_statistics
 from rescompile.stages.calibrate.lint import lint_qdq
 from rescompile.stages.calibrate.qdq import has_vnni, qdq_for_cpu, qdq_for_tensorrt, quantizable_layers, required_tensors
@@ -55,6 +56,26 @@ class CalibrationResult:
     lint: dict[str, Any] = field(default_factory=dict)
     cache_version: str = ""  # the TensorRT version calibration.cache is tagged for
     provenance: dict[str, Any] = field(default_factory=dict)  # as written to scales.json
+    safety: dict[str, Any] = field(default_factory=dict)  # what the safety net judged and changed
+    tensors: list[dict[str, Any]] = field(default_factory=list)  # per-tensor evidence (safety.tensor_report)
+
+
+def input_range(model: onnx.ModelProto, spec: ModelSpec) -> dict[str, float]:
+    """The network input is data, not an activation: it is never clipped. Its amax is at least the
+    range the preprocessing implies for pixels 0..255 (max over channels of |(0 or 1) - mean| / std),
+    and at least the largest |x| of the calibration data (compute_amax takes the larger).
+    Entropy's KL search on an input histogram, a background spike plus a thin spread of strokes,
+    settles just above the spike and clips every stroke (a normalised digits model fell from 98.5%
+    to 65% top-1 that way)."""
+    p = spec.preprocessing
+    bound = max(max(abs(0.0 - m), abs(1.0 - m)) / s for m, s in zip(p.mean, p.std))
+    init = {t.name for t in model.graph.initializer}
+    return {i.name: float(bound) for i in model.graph.input if i.name not in init}
+
+
+def _judged_on(judge: Evaluator, holdout: Evaluator | None, evaluate: Evaluator | None) -> str:
+    what = "the held-out validation split" if judge is holdout else ("the test split" if judge is evaluate else "calibration images")
+    return f"{what} ({judge.fp32.images} images{', labelled' if judge.labels is not None else ', agreement only'})"
 
 
 def check_image_count(n: int, config: CalibConfig) -> None:
@@ -90,13 +111,15 @@ def _batches(images: ImageSet, spec: ModelSpec, config: CalibConfig, digest: Any
     return gen
 
 
-def _pick_auto(fp32, stats, config: CalibConfig, holdout: Evaluator | None, progress: Progress) -> tuple[str, float, list[dict]]:
+def _pick_auto(
+    fp32, config: CalibConfig, holdout: Evaluator | None, progress: Progress, amax_for: Callable[[str, float], dict[str, float]],
+) -> tuple[str, float, list[dict]]:
     if holdout is None:
         raise ConfigError("--method auto needs labelled held-out images to compare calibrators", "Pass --eval-data, or pick a --method")
     rows = []
     for i, (method, pct) in enumerate(config.auto_candidates):
         progress("auto: comparing calibrators", i, len(config.auto_candidates))
-        amax = compute_amax(stats, method, pct or config.percentile)
+        amax = amax_for(method, pct or config.percentile)
         score = holdout(qdq_for_tensorrt(fp32, amax))
         rows.append({"method": method, "percentile": pct or None, **score.to_dict(), "drop_points": drop_points(holdout.fp32, score)})
     progress("auto: comparing calibrators", len(rows), len(rows))
@@ -163,9 +186,9 @@ def calibrate(
     provenance: dict[str, Any] = {"rescompile_version": __version__, "preprocessing": spec.preprocessing.to_dict()}
     candidates: list[dict] = []
     stats: dict[str, TensorStats] = {}
-    # The held-out split is only read by --method auto and the sensitivity analysis: its FP32
-    # logits are not computed otherwise.
-    uses_holdout = config.method == CalibMethod.auto or config.sensitivity or config.max_accuracy_drop is not None
+    # The held-out split is read by --method auto, the sensitivity analysis and the safety net (which
+    # then judges on it rather than on the test split it reports): its FP32 logits are not computed otherwise.
+    uses_holdout = config.method == CalibMethod.auto or config.sensitivity or config.max_accuracy_drop is not None or config.fallback
     holdout = Evaluator(fp32, eval_val, spec.preprocessing) if uses_holdout and eval_val is not None and len(eval_val) else None
     if from_cache is not None or from_scales is not None:
         if from_cache is not None:
@@ -205,16 +228,36 @@ def calibrate(
             progress("statistics", seen[0], passes * len(chosen))
 
         stats = collect_statistics(fp32, _batches(chosen, spec, config, digest), tensors, histograms=method != "max", on_batch=tick)
+        full_range = input_range(fp32, spec)
+        computed: dict[tuple[str, float], dict[str, float]] = {}
+
+        def amax_for(m: str, p: float) -> dict[str, float]:  # each calibrator's scales, computed once
+            key = (m, float(p) if m == "percentile" else 0.0)
+            if key not in computed:
+                computed[key] = compute_amax(stats, m, p, full_range=full_range)
+            return computed[key]
+
+        histograms = method != "max"
         pct = config.percentile
         if method == "auto":
-            method, pct, candidates = _pick_auto(fp32, stats, config, holdout, progress)
-        amax = compute_amax(stats, method, pct)
+            method, pct, candidates = _pick_auto(fp32, config, holdout, progress, amax_for)
+        amax = amax_for(method, pct)
         pct = pct if method == "percentile" else None
-        provenance.update({"source": data_name, "images": len(chosen), "data_sha256": digest.hexdigest(), "method": method, "percentile": pct})
 
     evaluate = Evaluator(fp32, eval_test, spec.preprocessing) if eval_test is not None and len(eval_test) else None
     ranking: list[dict] = []
     float_layers: list[str] = []
+    safety: dict[str, Any] = {"checked": False}
+    if stats and config.fallback:
+        judge = holdout or evaluate or Evaluator(fp32, chosen.subset(np.arange(min(256, len(chosen)))), spec.preprocessing)
+        verdict = safety_net(fp32, Verdict(method, pct, amax), judge, config,
+                             amax_for if histograms and not candidates else None, progress, stats)
+        method, pct, amax, float_layers = verdict.method, verdict.percentile, verdict.amax, verdict.float_layers
+        safety = {"checked": True, "judged_on": _judged_on(judge, holdout, evaluate), "changed": verdict.note is not None,
+                  "note": verdict.note, "candidates": verdict.rows}
+    if stats:
+        provenance.update({"source": data_name, "images": len(chosen), "data_sha256": digest.hexdigest(), "method": method, "percentile": pct})
+    report = tensor_report(stats, amax, full_range, amax_for if histograms else None) if stats else []
     if config.sensitivity or config.max_accuracy_drop is not None:
         judge = holdout or evaluate
         if judge is None:
@@ -261,8 +304,9 @@ def calibrate(
         _save(qdq, out_dir / QDQ_ONNX), _save(cpu, out_dir / CPU_ONNX), cache_path,
         write_json_atomic(out_dir / SCALES, scales_doc), out_dir / ACCURACY,
         method, pct, int(provenance.get("images", 0)), amax, accuracy, candidates, ranking, float_layers, lint.to_dict(),
-        config.trt_version, provenance,
+        config.trt_version, provenance, safety, report,
     )
     write_json_atomic(result.accuracy_path, {"method": method, "percentile": pct, "accuracy": accuracy, "auto_candidates": candidates,
-                                             "sensitivity": ranking, "float_layers": float_layers, "lint": result.lint})
+                                             "sensitivity": ranking, "float_layers": float_layers, "lint": result.lint,
+                                             "safety_net": safety, "tensors": report})
     return result
