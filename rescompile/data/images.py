@@ -58,29 +58,36 @@ class ImageSet:
 
 
 @dataclass
-class ArrayImages(ImageSet):
-    """Images held in one uint8 array of shape (N, H, W, 3)."""
+class _InMemory(ImageSet):
+    """One array holding every item, with optional labels: the part images and tensors share."""
 
     array: np.ndarray
     labels: np.ndarray | None
     classes: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        if self.array.ndim != 4 or self.array.shape[3] != 3 or self.array.dtype != np.uint8:
-            raise DataError(f"expected uint8 images of shape (N, H, W, 3), got {self.array.dtype} {self.array.shape}")
+    def _check_labels(self, what: str) -> None:
         if self.labels is not None and len(self.labels) != len(self.array):
-            raise DataError(f"{len(self.array)} images but {len(self.labels)} labels: the counts must match")
+            raise DataError(f"{len(self.array)} {what} but {len(self.labels)} labels: the counts must match")
 
     def __len__(self) -> int:
         return len(self.array)
 
+    def subset(self, indices: Sequence[int] | np.ndarray):
+        idx = np.asarray(indices, dtype=np.int64)
+        return type(self)(self.array[idx], None if self.labels is None else self.labels[idx], self.classes)
+
+
+@dataclass
+class ArrayImages(_InMemory):
+    """Images held in one uint8 array of shape (N, H, W, 3)."""
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 4 or self.array.shape[3] != 3 or self.array.dtype != np.uint8:
+            raise DataError(f"expected uint8 images of shape (N, H, W, 3), got {self.array.dtype} {self.array.shape}")
+        self._check_labels("images")
+
     def image(self, index: int) -> np.ndarray:
         return self.array[index]
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> ArrayImages:
-        idx = np.asarray(indices, dtype=np.int64)
-        labels = None if self.labels is None else self.labels[idx]
-        return ArrayImages(self.array[idx], labels, self.classes)
 
     @property
     def native_size(self) -> int | None:
@@ -89,29 +96,17 @@ class ArrayImages(ImageSet):
 
 
 @dataclass
-class TensorSet(ImageSet):
+class TensorSet(_InMemory):
     """Model-ready float32 tensors (N, *model input shape), fed exactly as they are: the form most
     people hand calibration data to TensorRT, Polygraphy and ONNX Runtime's quantizer in."""
-
-    array: np.ndarray
-    labels: np.ndarray | None
-    classes: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if self.array.ndim != 4 or self.array.dtype != np.float32:
             raise DataError(f"expected float32 tensors of shape (N, C, H, W) or (N, H, W, C), got {self.array.dtype} {self.array.shape}")
-        if self.labels is not None and len(self.labels) != len(self.array):
-            raise DataError(f"{len(self.array)} tensors but {len(self.labels)} labels: the counts must match")
-
-    def __len__(self) -> int:
-        return len(self.array)
+        self._check_labels("tensors")
 
     def image(self, index: int) -> np.ndarray:
         raise DataError("these are model-ready tensors, not images", "Use them as model input (they are fed as they are)")
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> TensorSet:
-        idx = np.asarray(indices, dtype=np.int64)
-        return TensorSet(self.array[idx], None if self.labels is None else self.labels[idx], self.classes)
 
     def batch(self, indices: Sequence[int] | np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
         return np.ascontiguousarray(self.array[np.asarray(indices, dtype=np.int64)])

@@ -19,6 +19,10 @@ from tests.conftest import files_under
 from tests.foreign.corpus import CORPUS, build_all, reference_outputs, trained_normalised_digits
 
 NAMES = sorted(CORPUS)
+# The corpus nets have random weights: INT8 agrees with FP32 on only ~70% of random inputs, which
+# the safety net rightly refuses (tests/stages/calibrate/test_safety.py). These tests are about
+# reading the files, so they keep the calibrator's result as it is.
+RANDOM_NET = ("--no-fallback",)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,7 @@ def test_optimize_folds_every_batchnorm_and_keeps_the_outputs(corpus, name, tmp_
 def test_calibrate_from_model_ready_tensors(corpus, tensors, name, tmp_path):
     f = corpus[name]
     out = tmp_path / "int8"
-    res = invoke("calibrate", f.path, "--data", tensors[name], "--num-images", "64", "-o", out)
+    res = invoke("calibrate", f.path, "--data", tensors[name], "--num-images", "64", *RANDOM_NET, "-o", out)
     assert res.exit_code == 0, res.stderr
     assert f"64 model-ready tensors [{','.join(map(str, f.input_shape))}], fed as they are" in " ".join(res.stderr.split())
     qdq = onnx.load(str(out / "model_int8_qdq.onnx"))
@@ -102,7 +106,7 @@ def test_calibrate_from_model_ready_tensors(corpus, tensors, name, tmp_path):
 def test_build_int8_bundle(corpus, tensors, name, tmp_path):
     f = corpus[name]
     out = tmp_path / "b"
-    res = invoke("build", f.path, "--calib-data", tensors[name], "--num-images", "64", "--no-bench", "-o", out)
+    res = invoke("build", f.path, "--calib-data", tensors[name], "--num-images", "64", *RANDOM_NET, "--no-bench", "-o", out)
     assert res.exit_code == 0, res.stderr
     m = read_manifest(out)
     graph_input = [i for i in onnx.load(str(f.path)).graph.input if i.name not in {t.name for t in onnx.load(str(f.path)).graph.initializer}]
@@ -192,7 +196,7 @@ def test_damaged_copies_end_in_one_line_or_work(corpus, tensors, name, tmp_path)
         for command in (
             ("inspect", copy),
             ("optimize", copy, "-o", tmp_path / "o" / "opt.onnx"),
-            ("build", copy, "--calib-data", tensors[name], "--num-images", "64", "--no-bench", "-o", tmp_path / "b"),
+            ("build", copy, "--calib-data", tensors[name], "--num-images", "64", *RANDOM_NET, "--no-bench", "-o", tmp_path / "b"),
         ):
             res = invoke(*command)  # catch_exceptions=False: a traceback fails the test here
             if res.exit_code != 0:  # one error line (warnings about the data may come before it)
