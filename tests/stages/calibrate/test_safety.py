@@ -23,6 +23,15 @@ def spiky(tmp_path_factory):
     return f, data, folder
 
 
+@pytest.fixture(scope="module")
+def raw255(tmp_path_factory):
+    """The same network taking raw 0-255 pixels (MLPerf Tiny style): mean 0, std 1/255."""
+    folder = tmp_path_factory.mktemp("raw255")
+    f, data = trained_normalised_digits(folder, stats=(0.0, 1.0 / 255.0), name="raw_digits")
+    np.save(folder / "calib.npy", data["calib"])
+    return f, data, folder
+
+
 def held_out(f, data, out):
     """Top-1 drop (points) and agreement over the whole held-out set (540 images), for the Q/DQ
     model as TensorRT computes it and the CPU artifact as ONNX Runtime deploys it."""
@@ -48,6 +57,17 @@ def test_every_calibrator_holds_on_a_spiky_normalised_input(spiky, method, tmp_p
         assert drop <= 0.3 and agreement >= 0.99, (method, name, drop, agreement)
         if method == "entropy":  # the default: tighter
             assert drop <= 0.1 and agreement >= 0.995, (name, drop, agreement)
+
+
+def test_every_calibrator_holds_on_raw_pixel_input(raw255, tmp_path):
+    f, data, folder = raw255
+    assert data["calib"].max() > 200  # really 0-255
+    for method in ("entropy", "max", "percentile", "mse"):
+        out = tmp_path / method
+        res = invoke("calibrate", f.path, "--data", folder / "calib.npy", "--method", method, "--no-fallback", "-o", out, "--json")
+        assert res.exit_code == 0, res.stderr
+        for name, (drop, agreement) in held_out(f, data, out).items():
+            assert drop <= 0.3 and agreement >= 0.99, (method, name, drop, agreement)
 
 
 def test_the_report_shows_the_input_unclipped_and_each_calibrator(spiky, tmp_path):
