@@ -233,12 +233,16 @@ def test_normalised_model_calibrated_from_tensors_keeps_its_accuracy(normalised,
     assert fp32["top1"] >= 0.95
     assert abs(trt["top1"] - fp32["top1"]) * 100 <= 0.3, acc
     assert cpu["top1_agreement"] >= 0.99, acc
-    # The whole held-out set (540 images) through the Q/DQ model as TensorRT computes it: the
-    # default entropy calibrator loses up to a point here where max/mse/percentile lose 0.2.
+    # The whole held-out set (540 images): the Q/DQ model as TensorRT computes it, and the CPU
+    # artifact as ONNX Runtime deploys it.
+    import onnxruntime as ort
+
     ref = reference_outputs(f.path, data["eval_x"]).argmax(1)
     q = reference_outputs(out / "model_int8_qdq.onnx", data["eval_x"]).argmax(1)
-    assert abs((q == data["eval_y"]).mean() - (ref == data["eval_y"]).mean()) * 100 <= 1.0 + 1e-9
-    assert (q == ref).mean() >= 0.98
+    assert abs((q == data["eval_y"]).mean() - (ref == data["eval_y"]).mean()) * 100 <= 0.3 + 1e-9
+    cpu = ort.InferenceSession(str(out / "model_int8_cpu.onnx"), providers=["CPUExecutionProvider"])
+    c = cpu.run(None, {cpu.get_inputs()[0].name: data["eval_x"]})[0].argmax(1)
+    assert (q == ref).mean() >= 0.99 and (c == ref).mean() >= 0.99
 
 
 def test_images_where_tensors_were_meant_say_how_to_fix(normalised, tmp_path):
