@@ -97,14 +97,15 @@ def check_structure(model: onnx.ModelProto, path: Path | str) -> None:
             raise ModelError(f"{path}: weight {t.name[:80]!r} cannot be read ({exc.__class__.__name__})", damaged) from exc
 
 
-def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph's real inputs: those without an initializer (IR < 4 files list weights too)."""
     init = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in init]
 
 
 def check_io(model: onnx.ModelProto, path: Path | str) -> str:
     """Refuse, in one line, a graph rescompile cannot take; return its input layout."""
-    inputs, outputs = _real_inputs(model), list(model.graph.output)
+    inputs, outputs = graph_inputs(model), list(model.graph.output)
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs[:4])
         raise _refuse(path, f"it has {len(inputs)} inputs ({names}{', ...' if len(inputs) > 4 else ''}); expected one image batch")
@@ -233,7 +234,7 @@ def _matmul_add_to_gemm(model: onnx.ModelProto) -> int:
 
 def input_layout(model: onnx.ModelProto) -> str:
     """"nhwc" when the 4-D input's every use is a Transpose to NCHW (Keras/tf2onnx), else "nchw"."""
-    inp = _real_inputs(model)[0]
+    inp = graph_inputs(model)[0]
     uses = [n for n in model.graph.node if inp.name in n.input]
     perms = []
     for n in uses:
@@ -244,7 +245,7 @@ def input_layout(model: onnx.ModelProto) -> str:
 
 
 def _check_image_input(model: onnx.ModelProto, layout: str, path: Path | str) -> None:
-    dims = _real_inputs(model)[0].type.tensor_type.shape.dim
+    dims = graph_inputs(model)[0].type.tensor_type.shape.dim
     if len(dims) != 4:
         raise _refuse(path, f"its input has rank {len(dims)} (expected a batch of images, N x C x H x W or N x H x W x C)")
     channels = dims[3] if layout == "nhwc" else dims[1]

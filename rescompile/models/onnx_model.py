@@ -10,6 +10,7 @@ from typing import Any
 from rescompile._io import loads_json
 from rescompile.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, PreprocessingOverride
 from rescompile.errors import ModelError
+from rescompile.models.intake import graph_inputs
 from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,6 @@ def _dims(value_info) -> list[Any]:
     if not t.HasField("shape"):
         return []
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-
-
-def graph_inputs(model) -> list:
-    init = {i.name for i in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in init]
 
 
 def read_onnx(path: Path):

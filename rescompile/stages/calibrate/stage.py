@@ -18,6 +18,7 @@ from rescompile._io import atomic_path, write_json_atomic
 from rescompile.config import CalibConfig, CalibMethod
 from rescompile.data.images import ImageSet, iter_batches
 from rescompile.errors import ConfigError, DataError
+from rescompile.models.intake import graph_inputs
 from rescompile.models.spec import ModelSpec
 from rescompile.stages.calibrate.accuracy import Agreement, Evaluator, drop_points
 from rescompile.stages.calibrate.cache import CalibrationCache, check_cache_for, write_cache
@@ -69,8 +70,7 @@ def input_range(model: onnx.ModelProto, spec: ModelSpec) -> dict[str, float]:
     to 65% top-1 that way)."""
     p = spec.preprocessing
     bound = max(max(abs(0.0 - m), abs(1.0 - m)) / s for m, s in zip(p.mean, p.std))
-    init = {t.name for t in model.graph.initializer}
-    return {i.name: float(bound) for i in model.graph.input if i.name not in init}
+    return {i.name: float(bound) for i in graph_inputs(model)}
 
 
 def _judged_on(judge: Evaluator, holdout: Evaluator | None, evaluate: Evaluator | None) -> str:
