@@ -139,3 +139,11 @@ def test_calibrate_from_scales_json(trained, tmp_path):
     one_line_error(invoke("calibrate", first / "model_fp32.onnx", "--from-scales", first / "scales.json", "--from-cache",
                           first / "calibration.cache", "-o", tmp_path / "c"), "not both")
     assert files_under(tmp_path / "c") == set()
+
+
+def test_a_named_dataset_is_resized_to_the_model_like_in_training(tmp_path):
+    """A model trained on digits at 48x48 calibrates on digits (32x32 arrays) through its own resize."""
+    res = invoke("calibrate", "resnet20", "--input-size", "48", "--data", "digits", "--num-images", "32", "--no-fallback",
+                 "-o", tmp_path / "o", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["images"] == 32

@@ -73,7 +73,10 @@ class Int8Inputs:
 
 
 def check_calibration_images(images: ImageSet, spec: ModelSpec, source: str) -> None:
-    """Arrays are taken as already sized: one whose images are not the model's size is a mistake."""
+    """A user's arrays are taken as already sized: one whose images are not the model's size is a
+    mistake. A named dataset (digits, cifar10) is resized by the model's preprocessing, as in training."""
+    if source in _NAMED:
+        return
     if isinstance(images, ArrayImages) and spec.preprocessing.resize is None and images.array.shape[1:3] != (spec.input_size,) * 2:
         h, w = images.array.shape[1:3]
         raise DataError(
