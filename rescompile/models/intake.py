@@ -254,7 +254,7 @@ def _check_image_input(model: onnx.ModelProto, layout: str, path: Path | str) ->
         raise _refuse(path, f"its input has {channels.dim_value} channels in the {where} axis (expected 1 or 3)")
 
 
-def _ends_in_softmax(model: onnx.ModelProto) -> bool:
+def ends_in_softmax(model: onnx.ModelProto) -> bool:
     out = model.graph.output[0].name
     return any(n.op_type == "Softmax" and out in n.output for n in model.graph.node)
 
@@ -287,7 +287,7 @@ def normalize_onnx(model: onnx.ModelProto, path: Path | str = "model") -> tuple[
     if dropped:
         report.notes.append(f"{dropped} weight(s) listed as graph inputs (IR {ir} style) are constants")
     report.layout = check_io(work, path)
-    report.softmax_output = _ends_in_softmax(work)
+    report.softmax_output = ends_in_softmax(work)
     fixed = _dynamic_dims(work, path)
     if fixed:
         report.notes.append(f"{fixed} dimension(s) declared as -1 or 0 are dynamic")

@@ -63,7 +63,7 @@ def spec_from_onnx(
 ) -> ModelSpec:
     """The ModelSpec stored in the metadata by ``rescompile export``, else one inferred from the
     graph and the preprocessing the user named (``override``; ImageNet's, with a warning, when none)."""
-    from rescompile.models.intake import input_layout
+    from rescompile.models.intake import ends_in_softmax, input_layout
 
     in_dims, out_dims = check_classifier(model, path)
     override = override if override is not None and not override.empty else None
@@ -98,5 +98,4 @@ def spec_from_onnx(
     else:
         prep = replace(override.apply(base), input_size=size, layout=layout)
         log.info("%s: %s", path, override.describe(prep))
-    softmax = any(n.op_type == "Softmax" and model.graph.output[0].name in n.output for n in model.graph.node)
-    return ModelSpec("onnx", int(classes), prep, (), {"output": "probabilities"} if softmax else {}, None)
+    return ModelSpec("onnx", int(classes), prep, (), {"output": "probabilities"} if ends_in_softmax(model) else {}, None)
