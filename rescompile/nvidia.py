@@ -15,10 +15,14 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# Jetson modules -> CUDA compute capability (NVIDIA's CUDA GPUs table, Jetson section).
+# Jetson SoCs -> CUDA compute capability (NVIDIA's CUDA GPUs table, Jetson section). The SoC is
+# read from the device tree's "compatible" list ("nvidia,tegra234"), which every L4T carrier
+# board keeps; the "model" string is the board vendor's and need not name the module.
+_TEGRA_CC = (("tegra264", "11.0"), ("tegra234", "8.7"), ("tegra194", "7.2"), ("tegra186", "6.2"), ("tegra210", "5.3"))
 _JETSON_CC = (("thor", "11.0"), ("orin", "8.7"), ("xavier", "7.2"), ("tx2", "6.2"), ("nano", "5.3"), ("tx1", "5.3"))
 _TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 _DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+_DEVICE_TREE_COMPATIBLE = Path("/proc/device-tree/compatible")
 
 
 @dataclass(frozen=True)
@@ -66,38 +70,58 @@ def _run(cmd: list[str]) -> str | None:
 
 
 def _discrete_gpu() -> GpuInfo | None:
-    text = _run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"])
-    if not text or not text.strip():
+    rows = _smi_rows()
+    if not rows:
         return None
-    first = [part.strip() for part in text.strip().splitlines()[0].split(",")]
-    if len(first) < 3:
-        return None
+    first = rows[0]
     header = _run(["nvidia-smi"]) or ""
     cuda = re.search(r"CUDA Version:\s*([\d.]+)", header)
     return GpuInfo(first[0], first[1], first[2], cuda.group(1) if cuda else None)
 
 
-def _jetson() -> GpuInfo | None:
-    if not _TEGRA_RELEASE.exists() and not _DEVICE_TREE_MODEL.exists():
-        return None
+def _read(path: Path) -> str:
     try:
-        model = _DEVICE_TREE_MODEL.read_text(errors="replace").strip("\x00 \n")
+        return path.read_text(errors="replace")
     except OSError:
-        model = ""
-    if "jetson" not in model.lower() and not _TEGRA_RELEASE.exists():
+        return ""
+
+
+def _smi_rows() -> list[list[str]]:
+    text = _run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"]) or ""
+    return [[part.strip() for part in line.split(",")] for line in text.strip().splitlines() if line.count(",") >= 2]
+
+
+def _jetson() -> GpuInfo | None:
+    """The Jetson module (L4T: /etc/nv_tegra_release, or a Tegra SoC in the device tree), or None."""
+    model = _read(_DEVICE_TREE_MODEL).strip("\x00 \n")
+    compatible = _read(_DEVICE_TREE_COMPATIBLE).replace("\x00", " ").lower()
+    soc_cc = next((cc for soc, cc in _TEGRA_CC if soc in compatible), None)
+    if not _TEGRA_RELEASE.exists() and soc_cc is None and "jetson" not in model.lower():
         return None
-    cc = next((cc for key, cc in _JETSON_CC if key in model.lower()), None)
+    cc = soc_cc or next((cc for key, cc in _JETSON_CC if key in model.lower()), None)
+    smi = _smi_rows()  # JetPack 7 (SBSA) modules have nvidia-smi; older JetPacks do not
+    if cc is None and smi:
+        cc = smi[0][1]
     if cc is None:
-        return None
+        return None  # an L4T system whose GPU we cannot name: no guess
     mode_text = _run(["nvpmodel", "-q"]) or ""
     mode = re.search(r"NV Power Mode:\s*(\S+)", mode_text)
-    return GpuInfo(model or "NVIDIA Jetson", cc, jetson=True, power_mode=mode.group(1) if mode else None)
+    return GpuInfo(model or "NVIDIA Jetson", cc, driver=smi[0][2] if smi else None, jetson=True,
+                   power_mode=mode.group(1) if mode else None)
+
+
+def _is_l4t() -> bool:
+    return _TEGRA_RELEASE.exists() or "tegra" in _read(_DEVICE_TREE_COMPATIBLE).lower()
 
 
 @functools.lru_cache(maxsize=1)
 def find_gpu() -> GpuInfo | None:
-    """The first NVIDIA GPU (nvidia-smi), or the Jetson module, or None."""
-    return _discrete_gpu() or _jetson()
+    """The Jetson module, else the first NVIDIA GPU nvidia-smi lists, else None. Jetson comes
+    first: JetPack 7 (SBSA) modules have nvidia-smi too, and would otherwise pass for desktop GPUs."""
+    jetson = _jetson()
+    if jetson is not None or _is_l4t():
+        return jetson
+    return _discrete_gpu()
 
 
 def summary() -> dict:
