@@ -9,10 +9,12 @@ and "Hardware Compatibility" (10.x; "Engine Compatibility" in 11.x), and the sup
 - By default a serialized engine runs only with the TensorRT version that built it. We compare
   major.minor.patch (the build number that some installs append is not recorded by every
   builder). An engine built with ``BuilderFlag.VERSION_COMPATIBLE`` runs on the same or a later
-  TensorRT of the same major version.
+  TensorRT of the same major version, and a TensorRT 10 one also on TensorRT 11 (TensorRT 11's
+  support matrix), never on an older one.
 - By default an engine is not portable across devices: it needs the compute capability it was
   built for. With ``HardwareCompatibilityLevel.AMPERE_PLUS`` it runs on any Ampere or later GPU
-  (sm_80+); hardware compatibility is not supported on JetPack or DRIVE OS.
+  (sm_80+); with ``SAME_COMPUTE_CAPABILITY`` (TensorRT 10.9+) on any GPU of the building GPU's
+  compute capability; hardware compatibility is not supported on JetPack or DRIVE OS.
 - Serialized engines are not portable across platforms (a Jetson engine never runs on a
   discrete-GPU host and vice versa).
 """
@@ -29,8 +31,13 @@ from rescompile.nvidia import GpuInfo
 log = logging.getLogger(__name__)
 
 AMPERE_PLUS = "ampere+"
-SAME_COMPUTE_CAPABILITY = "same_compute_capability"
-HARDWARE_LEVELS = (None, "none", AMPERE_PLUS, SAME_COMPUTE_CAPABILITY)
+SAME_COMPUTE_CAPABILITY = "same-cc"  # what build writes (HardwareCompat.same_cc)
+# The spellings a manifest may carry for each level (older rescompile releases wrote the enum name).
+_LEVEL_ALIASES = {None: None, "none": None, AMPERE_PLUS: AMPERE_PLUS, "ampere_plus": AMPERE_PLUS,
+                  SAME_COMPUTE_CAPABILITY: SAME_COMPUTE_CAPABILITY, "same_compute_capability": SAME_COMPUTE_CAPABILITY}
+HARDWARE_LEVELS = tuple(_LEVEL_ALIASES)
+# Version Compatibility: a version-compatible plan built by TensorRT <key> runs on these majors.
+VERSION_COMPATIBLE_MAJORS = {10: (10, 11), 11: (11,)}
 
 
 class RuntimeMismatchError(RescompileError):
@@ -111,7 +118,8 @@ def check_engine(
     dla = engine_info.get("dla_core")
     if dla is not None and not gpu.jetson:
         raise mismatch(f"the engine runs on DLA core {dla}, and only Jetson/DRIVE modules have DLA cores")
-    if engine_gpu and engine_gpu.get("name") and engine_gpu["name"] != gpu.name and not engine_info.get("hardware_compatibility"):
+    if engine_gpu and engine_gpu.get("name") and engine_gpu["name"] != gpu.name \
+            and _LEVEL_ALIASES.get(engine_info.get("hardware_compatibility")) is None:
         # Same compute capability, different GPU model: TensorRT loads it with a warning, but the
         # tactics were timed on the other model (developer guide: "engines are not portable across devices").
         log.warning("engine was built on %s and runs on %s (same %s): rebuild here for best speed", engine_gpu["name"], gpu.name, _sm(here_cc))
@@ -125,9 +133,11 @@ def _check_version(engine_info: dict[str, Any], built, running, mismatch) -> Non
         raise mismatch("this machine's TensorRT version cannot be read")
     if engine_info.get("version_compatible") is True:
         # Version Compatibility: a VERSION_COMPATIBLE plan runs on later TensorRT versions of the
-        # same major version, never on an older one.
-        if running[0] != built[0]:
-            raise mismatch(f"the engine is version-compatible only within TensorRT {built[0]}.x")
+        # same major version (and a TensorRT 10 plan on TensorRT 11), never on an older one.
+        majors = VERSION_COMPATIBLE_MAJORS.get(built[0], (built[0],))
+        if running[0] not in majors:
+            where = " or ".join(f"{m}.x" for m in majors)
+            raise mismatch(f"a version-compatible engine built by TensorRT {built[0]} runs only on TensorRT {where}")
         if running < built:
             raise mismatch("a version-compatible engine runs only on the TensorRT that built it or a later one")
         return
@@ -136,9 +146,10 @@ def _check_version(engine_info: dict[str, Any], built, running, mismatch) -> Non
 
 
 def _check_hardware(engine_info, engine_gpu, built_cc, here_cc, gpu: GpuInfo, mismatch) -> None:
-    level = engine_info.get("hardware_compatibility")
-    if level not in HARDWARE_LEVELS:
-        raise mismatch(f"the engine's hardware_compatibility {level!r} is unknown to this rescompile (upgrade it)")
+    raw = engine_info.get("hardware_compatibility")
+    if raw not in _LEVEL_ALIASES:
+        raise mismatch(f"the engine's hardware_compatibility {raw!r} is unknown to this rescompile (upgrade it)")
+    level = _LEVEL_ALIASES[raw]
     if engine_gpu is not None and isinstance(engine_gpu.get("jetson"), bool) and engine_gpu["jetson"] != gpu.jetson:
         # Support matrix: serialized engines are not portable across platforms.
         kinds = {True: "a Jetson module", False: "a discrete-GPU host"}
@@ -152,8 +163,12 @@ def _check_hardware(engine_info, engine_gpu, built_cc, here_cc, gpu: GpuInfo, mi
         if gpu.jetson:
             raise mismatch("hardware-compatible engines are not supported on JetPack")
         return
+    if gpu.jetson and level is not None:
+        raise mismatch("hardware-compatible engines are not supported on JetPack")
     if built_cc is None:
         log.warning("the manifest does not say which GPU the engine was built for: TensorRT will check it while loading")
         return
     if built_cc != here_cc:
+        if level == SAME_COMPUTE_CAPABILITY:
+            raise mismatch(f"the engine is hardware-compatible with {_sm(built_cc)} GPUs only (same compute capability)")
         raise mismatch("an engine runs only on the compute capability it was built for (unless built hardware-compatible)")

@@ -60,10 +60,29 @@ def test_version_mismatch_message_names_both_sides_and_the_fix():
     assert "same version" in msg and "--from-bundle DIR" in msg
 
 
-def test_version_compatible_engines_need_the_same_major_and_not_older():
+def test_version_compatible_engines_run_on_later_versions_and_tensorrt_10_ones_on_11():
     check_engine(engine(gpu=L4, version_compatible=True), "10.8.0", L4)
-    assert "only within TensorRT 10.x" in mismatch(engine(gpu=L4, version_compatible=True), "11.0.0", L4)
+    check_engine(engine(gpu=L4, version_compatible=True), "11.0.0", L4)  # TensorRT 11's support matrix
     assert "or a later one" in mismatch(engine(version="10.8.0", gpu=L4, version_compatible=True), "10.3.0", L4)
+    assert "or a later one" in mismatch(engine(version="11.1.0", gpu=L4, version_compatible=True), "11.0.0", L4)
+    assert "runs only on TensorRT 11.x" in mismatch(engine(version="11.0.0", gpu=L4, version_compatible=True), "10.13.0", L4)
+    assert "same version" in mismatch(engine(gpu=L4), "11.0.0", L4)  # without the flag: the exact version
+
+
+@pytest.mark.parametrize("spelling", ["same-cc", "same_compute_capability"])
+def test_same_compute_capability_engines(spelling):
+    """What build writes ("same-cc") is what the runtime reads: any GPU model of that compute capability."""
+    info = engine(version="10.9.0", gpu=GpuInfo("NVIDIA GeForce RTX 4090", "8.9"), hardware_compatibility=spelling)
+    check_engine(info, "10.9.0", L4)
+    assert "sm_89 GPUs only" in mismatch(info, "10.9.0", A100)
+    assert "not supported on JetPack" in mismatch(engine(version="10.9.0", gpu=ORIN, hardware_compatibility=spelling), "10.9.0", ORIN)
+
+
+def test_the_manifest_the_build_writes_is_read_by_the_runtime():
+    from rescompile.config import HardwareCompat
+    from rescompile.runtime.compat import HARDWARE_LEVELS
+
+    assert {h.value for h in HardwareCompat} <= set(HARDWARE_LEVELS)
 
 
 def test_compute_capability_mismatch():
