@@ -55,3 +55,7 @@ class ExportError(RescompileError):
 
 class OptimizeError(RescompileError):
     """A graph rewrite would change the model's output."""
+
+
+class EngineBuildError(RescompileError):
+    """TensorRT could not parse the network or build the engine."""

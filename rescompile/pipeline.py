@@ -271,7 +271,11 @@ def _check_engine_options(config: BuildConfig) -> None:
     """Option errors surface before any work (the plan is checked again for the real target)."""
     c, h, w = 3, 8, 8
     dummy = {role: Path(role) for role in ("optimized_onnx", "qdq_onnx", "fp16_onnx", "calibration_cache")}
-    plan_engine(config.precision, config.engine.target_trt_version or config.calib.trt_version, dummy, "input", (c, h, w), config.engine)
+    target = build_target()
+    if target.can_build:  # the engine is built here: this TensorRT, this GPU
+        plan_engine(config.precision, target.trt_version, dummy, "input", (c, h, w), config.engine, gpu=target.gpu)
+    else:
+        plan_engine(config.precision, config.engine.target_trt_version or config.calib.trt_version, dummy, "input", (c, h, w), config.engine)
 
 
 def write_torch_model(out: Path, model: LoadedModel) -> dict[str, Path]:
@@ -327,10 +331,10 @@ def build_engine_into(
         version = cfg.target_trt_version or cache_version
         plan = plan_engine(precision, version, files, input_name, spec.input_shape, cfg)
         return None, plan, target
-    plan = plan_engine(precision, target.trt_version, files, input_name, spec.input_shape, cfg)
+    plan = plan_engine(precision, target.trt_version, files, input_name, spec.input_shape, cfg, gpu=target.gpu)
     log.warning("%s", plan.reason)
     engine = engine_from_onnx(
-        plan, out, blocks=read_blocks(files["fusion_report"]), node_names=node_names_by_output(files["optimized_onnx"])
+        plan, out, blocks=read_blocks(files["fusion_report"]), node_names=node_names_by_output(files["optimized_onnx"]), gpu=target.gpu,
     )
     return engine, plan, target
 
@@ -342,6 +346,9 @@ def engine_files(engine: EngineResult, bundle_dir: Path | None = None) -> dict[s
     homes = {engine.path.parent, bundle_dir or engine.path.parent}
     if engine.timing_cache is not None and engine.timing_cache.parent in homes and engine.timing_cache.name == TIMING_CACHE:
         files["timing_cache"] = engine.timing_cache
+        record = engine.timing_cache.with_name(engine.timing_cache.name + ".json")
+        if record.is_file():
+            files["timing_cache_record"] = record
     return files
 
 
@@ -454,11 +461,12 @@ def build_from_bundle(
             files["fp16_onnx"] = write_fp16(files["optimized_onnx"], manifest.dir / FP16_ONNX)
         cfg = replace(cfg, timing_cache=cfg.timing_cache or manifest.dir / TIMING_CACHE)
         stage("build")
-        plan = plan_engine(precision, target.trt_version, files, (manifest.input or {}).get("name", INPUT_NAME), manifest.spec.input_shape, cfg)
+        plan = plan_engine(precision, target.trt_version, files, (manifest.input or {}).get("name", INPUT_NAME), manifest.spec.input_shape,
+                           cfg, gpu=target.gpu)
         log.warning("%s", plan.reason)
         engine = engine_from_onnx(
             plan, manifest.dir, blocks=read_blocks(files["fusion_report"]) if "fusion_report" in files else [],
-            node_names=node_names_by_output(files["optimized_onnx"]),
+            node_names=node_names_by_output(files["optimized_onnx"]), gpu=target.gpu,
         )
         files.update(engine_files(engine))
         stage("manifest")

@@ -4,6 +4,7 @@ on the same inputs, in the same run."""
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -213,10 +214,15 @@ def _scratch_engine(manifest: Manifest, precision: str) -> Backend:
         files["fp16_onnx"] = write_fp16(files["optimized_onnx"], scratch / "model_fp16.onnx")
     profile = (manifest.engine or {}).get("profiles", [{}])[0]
     cfg = EngineConfig(min_batch=profile.get("min", [1])[0], opt_batch=profile.get("opt", [8])[0], max_batch=profile.get("max", [32])[0])
-    cfg = replace(cfg, timing_cache=manifest.dir / "timing.cache")
+    # A copy of the bundle's timing cache (and its record): the bundle's files are hashed and stay as they are.
+    for name in ("timing.cache", "timing.cache.json"):
+        if (manifest.dir / name).is_file():
+            shutil.copyfile(manifest.dir / name, scratch / name)
+    cfg = replace(cfg, timing_cache=scratch / "timing.cache")
     input_name = (manifest.input or {}).get("name", "input")
-    plan = plan_engine(Precision(precision), nvidia.tensorrt_version() or "", files, input_name, manifest.spec.input_shape, cfg)
-    engine = engine_from_onnx(plan, scratch)
+    gpu = nvidia.find_gpu()
+    plan = plan_engine(Precision(precision), nvidia.tensorrt_version() or "", files, input_name, manifest.spec.input_shape, cfg, gpu=gpu)
+    engine = engine_from_onnx(plan, scratch, gpu=gpu)
     runner = TensorRTRunner(engine.path, spec=manifest.spec)
     return TrtBackend(f"trt-{precision}", f"TensorRT {precision.upper()}", runner, precision, build_seconds=engine.build_seconds)
 

@@ -61,6 +61,7 @@ def load(
     threads: int | None = None,
     device: str | None = None,
     verify_files: bool = True,
+    allow_host_code: bool | None = None,
 ) -> Runner:
     """A runner for ``path``: a bundle directory (or its manifest.json), a TensorRT engine
     (.engine/.plan), an ONNX file, a checkpoint/TorchScript file, or an architecture name.
@@ -69,17 +70,20 @@ def load(
     with an engine when TensorRT and an NVIDIA GPU are here, else ONNX Runtime on its CPU
     artifact. ``providers``/``threads`` go to ONNX Runtime (threads also to PyTorch), ``device``
     to PyTorch. ``verify_files`` checks the sha256 of the bundle file that will run.
+    ``allow_host_code`` lets TensorRT run the lean runtime a version-compatible engine carries
+    (code stored in the plan: only for engines you trust); None allows it when the bundle's
+    manifest says the engine was built version-compatible.
     """
     if backend is not None and backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}", f"Use one of: {', '.join(BACKENDS)}, or None to choose")
     text = os.fspath(path)
     p = expand_user(text)
     if p.is_dir() or (p.name == MANIFEST and p.is_file()):
-        return _load_bundle(read_manifest(p), backend, providers, threads, verify_files)
+        return _load_bundle(read_manifest(p), backend, providers, threads, verify_files, allow_host_code)
     suffix = p.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
         _require_backend(backend, "tensorrt", f"{p} is a TensorRT engine")
-        return _load_engine_file(p, verify_files)
+        return _load_engine_file(p, verify_files, allow_host_code)
     if suffix in ONNX_SUFFIXES:
         _require_backend(backend, "onnxruntime", f"{p} is an ONNX model (build a bundle with `rescompile build` for TensorRT)")
         _require_file(p)
@@ -130,7 +134,7 @@ def _checked(manifest: Manifest, relative: str, what: str, verify_files: bool) -
     return manifest.file(role)
 
 
-def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files) -> Runner:
+def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, allow_host_code=None) -> Runner:
     if backend == "torch":
         model = manifest.doc.get("model")
         source = model.get("source") if isinstance(model, dict) else None
@@ -156,7 +160,8 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files) 
         from rescompile.runtime.tensorrt import TensorRTRunner
 
         output = (manifest.output or {}).get("name")
-        return TensorRTRunner(engine_path, spec=manifest.spec, engine_info=engine, bundle_dir=manifest.dir, output_name=output, check=False)
+        return TensorRTRunner(engine_path, spec=manifest.spec, engine_info=engine, bundle_dir=manifest.dir, output_name=output,
+                              check=False, allow_host_code=allow_host_code)
     if not has_module("onnxruntime"):  # say both halves: why not TensorRT, and what runs the CPU artifact
         raise MissingDependencyError(
             f"cannot run bundle {manifest.dir} here: {why}, and ONNX Runtime (for its CPU artifact) is not installed",
@@ -197,7 +202,7 @@ def _cpu_file(manifest: Manifest, verify_files: bool) -> tuple[Path, str]:
     )
 
 
-def _load_engine_file(p: Path, verify_files: bool) -> Runner:
+def _load_engine_file(p: Path, verify_files: bool, allow_host_code: bool | None = None) -> Runner:
     _require_file(p)
     spec = engine_info = bundle_dir = output = None
     beside = p.parent / MANIFEST
@@ -214,7 +219,8 @@ def _load_engine_file(p: Path, verify_files: bool) -> Runner:
     _chosen("tensorrt", p, "a TensorRT engine file" + (" with its bundle's manifest" if engine_info else ""))
     from rescompile.runtime.tensorrt import TensorRTRunner
 
-    return TensorRTRunner(p, spec=spec, engine_info=engine_info, bundle_dir=bundle_dir, output_name=output)
+    return TensorRTRunner(p, spec=spec, engine_info=engine_info, bundle_dir=bundle_dir, output_name=output,
+                          allow_host_code=allow_host_code)
 
 
 def _names_file(manifest: Manifest, relative: str, p: Path) -> bool:

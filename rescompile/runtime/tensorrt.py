@@ -37,9 +37,12 @@ class TensorRTRunner(Runner):
         bundle_dir: str | Path | None = None,
         output_name: str | None = None,
         check: bool = True,
+        allow_host_code: bool | None = None,
     ) -> None:
         """``engine_info`` is the manifest's ``engine`` entry: with it (and ``check``), the
-        TensorRT version and GPU are compared before TensorRT reads a byte of the plan."""
+        TensorRT version and GPU are compared before TensorRT reads a byte of the plan.
+        ``allow_host_code``: see `rescompile.runtime.load` (None: when the manifest says the
+        engine is version-compatible)."""
         path = Path(engine_path)
         if not path.is_file():
             raise ModelError(f"no TensorRT engine at {path}", "Pass the .engine/.plan file or its bundle directory")
@@ -55,15 +58,19 @@ class TensorRTRunner(Runner):
         self._stream = None
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        if engine_info is not None and engine_info.get("version_compatible"):
+        host_code = allow_host_code if allow_host_code is not None else bool((engine_info or {}).get("version_compatible"))
+        if host_code:
             # Developer guide, "Version Compatibility": a version-compatible plan carries its own
             # lean runtime, which the runtime may load only when host code is allowed.
             self._runtime.engine_host_code_allowed = True
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
+            fix = "The engine was built by another TensorRT version or for another GPU: rebuild it on this machine"
+            if engine_info is None and not host_code:
+                fix += (", or, if it was built version-compatible (--version-compatible), load it with allow_host_code=True"
+                        " (TensorRT then runs code stored in the plan: only for engines you trust)")
             raise RuntimeMismatchError(
-                f"TensorRT {getattr(trt, '__version__', '?')} could not deserialize {path} (its log above says why)",
-                "The engine was built by another TensorRT version or for another GPU: rebuild it on this machine",
+                f"TensorRT {getattr(trt, '__version__', '?')} could not deserialize {path} (its log above says why)", fix,
             )
         self._context = self._engine.create_execution_context()
         if self._context is None:

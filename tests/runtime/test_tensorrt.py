@@ -6,10 +6,9 @@ every machine."""
 
 from __future__ import annotations
 
-import itertools
+import json
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -24,163 +23,19 @@ from rescompile.nvidia import GpuInfo
 from rescompile.runtime import RunnerError, RuntimeMismatchError
 from rescompile.stages.export import onnx_from_torch
 from tests.runtime.test_bundle import SPEC, write_manifest
+from tests.trt_api.machine import MAGIC, Machine, install
+from tests.trt_api.surface import VERSIONS
 
 L4 = GpuInfo("NVIDIA L4", "8.9")
-PLAN_MAGIC = b"FAKEPLAN"
 PROFILE = ((1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32))
 
 
-# -- a stand-in for tensorrt + polygraphy.cuda ------------------------------------------------
-
-class FakeCuda:
-    """Device memory as host bytearrays keyed by fake pointers."""
-
-    def __init__(self):
-        self.memory: dict[int, bytearray] = {}
-        self.streams: set[int] = set()
-        self.syncs = 0
-        self._ids = itertools.count(0x1000, 0x1000)
-        cuda = self
-
-        class Stream:
-            def __init__(self):
-                self.ptr = next(cuda._ids)
-                cuda.streams.add(self.ptr)
-
-            def synchronize(self):
-                cuda.syncs += 1
-
-            def free(self):
-                cuda.streams.discard(self.ptr)
-
-        class DeviceArray:
-            def __init__(self, shape=None, dtype=None):
-                from polygraphy.datatype import DataType
-
-                self.np_dtype = np.dtype(DataType.to_dtype(dtype, "numpy"))
-                self.ptr, self.allocated, self.shape = 0, 0, ()
-                self.resize(shape)
-
-            @property
-            def nbytes(self):
-                return int(np.prod(self.shape)) * self.np_dtype.itemsize
-
-            def resize(self, shape):
-                self.shape = tuple(shape)
-                if self.nbytes > self.allocated:
-                    self.free()
-                    self.ptr, self.allocated = next(cuda._ids), self.nbytes
-                    cuda.memory[self.ptr] = bytearray(self.nbytes)
-                    self.shape = tuple(shape)
-                return self
-
-            def free(self):
-                cuda.memory.pop(self.ptr, None)
-                self.ptr, self.allocated, self.shape = 0, 0, ()
-
-            def copy_from(self, host, stream=None):
-                assert host.dtype == self.np_dtype and host.flags.c_contiguous and host.nbytes <= self.nbytes
-                cuda.memory[self.ptr][: host.nbytes] = host.tobytes()
-                return self
-
-            def copy_to(self, host, stream=None):
-                assert host.nbytes >= self.nbytes
-                host[...] = np.frombuffer(bytes(cuda.memory[self.ptr][: self.nbytes]), self.np_dtype).reshape(host.shape)
-                return host
-
-        self.module = types.ModuleType("polygraphy.cuda")
-        self.module.Stream, self.module.DeviceArray = Stream, DeviceArray
-
-
-def fake_tensorrt(version: str, cuda: FakeCuda) -> types.ModuleType:
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.deserialized = []
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, level):
-            self.level = level
-
-    class TensorIOMode:
-        INPUT, OUTPUT = "INPUT", "OUTPUT"
-
-    class DataType:
-        FLOAT, BF16 = "FLOAT", "BF16"
-
-    def nptype(t):
-        if t != DataType.FLOAT:
-            raise TypeError(f"could not resolve {t} to a numpy type")
-        return np.float32
-
-    class Context:
-        def __init__(self, engine):
-            self.engine, self.shape, self.addresses = engine, None, {}
-
-        def set_input_shape(self, name, shape):
-            assert name == "input"
-            low, _, high = PROFILE
-            if not all(lo <= s <= hi for lo, s, hi in zip(low, shape, high)):
-                return False
-            self.shape = tuple(shape)
-            return True
-
-        def get_tensor_shape(self, name):
-            return self.shape if name == "input" else (self.shape[0], 10)
-
-        def set_tensor_address(self, name, ptr):
-            self.addresses[name] = ptr
-
-        def execute_async_v3(self, stream):
-            assert stream in cuda.streams
-            if set(self.addresses) != {"input", "logits"} or self.shape is None:
-                return False
-            n = int(np.prod(self.shape)) * 4
-            x = np.frombuffer(bytes(cuda.memory[self.addresses["input"]][:n]), np.float32).reshape(self.shape)
-            y = self.engine.session.run(None, {"input": x})[0].astype(np.float32)
-            cuda.memory[self.addresses["logits"]][: y.nbytes] = y.tobytes()
-            return True
-
-    class Engine:
-        num_io_tensors = 2
-
-        def __init__(self, onnx_bytes):
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-
-        def get_tensor_name(self, i):
-            return ("input", "logits")[i]
-
-        def get_tensor_mode(self, name):
-            return TensorIOMode.INPUT if name == "input" else TensorIOMode.OUTPUT
-
-        def get_tensor_shape(self, name):
-            return (-1, 3, 32, 32) if name == "input" else (-1, 10)
-
-        def get_tensor_dtype(self, name):
-            return DataType.FLOAT
-
-        def get_tensor_profile_shape(self, name, index):
-            assert name == "input" and index == 0
-            return list(PROFILE)
-
-        def create_execution_context(self):
-            return Context(self)
-
-    class Runtime:
-        def __init__(self, logger):
-            self.engine_host_code_allowed = False
-            trt.runtimes.append(self)
-
-        def deserialize_cuda_engine(self, data):
-            trt.deserialized.append(len(data))
-            return Engine(data[len(PLAN_MAGIC):]) if data.startswith(PLAN_MAGIC) else None
-
-    trt.runtimes = []
-    trt.Logger, trt.TensorIOMode, trt.DataType, trt.nptype, trt.Runtime = Logger, TensorIOMode, DataType, nptype, Runtime
-    return trt
+def plan_bytes(onnx_path: Path, version: str, **header) -> bytes:
+    """A plan the stand-in runtime of ``version`` deserializes (machine.py's format)."""
+    head = {"version": version, "device": L4.name, "cc": L4.compute_capability, "version_compatible": False,
+            "hardware": "NONE", "profile": [list(p) for p in PROFILE], "fp16": False, "int8": False, "tf32": False,
+            "dla_core": None, "calibrated_from": None, "strongly_typed": False, **header}
+    return MAGIC + json.dumps(head).encode() + b"\n" + onnx_path.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -191,24 +46,21 @@ def onnx_path(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    """Install the stand-in TensorRT (10.3.0) and an NVIDIA L4; returns (trt, cuda)."""
-    cuda = FakeCuda()
-    trt = fake_tensorrt("10.3.0", cuda)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "polygraphy.cuda", cuda.module)
-    monkeypatch.setattr(nvidia, "find_gpu", lambda: L4)
-    return trt, cuda
+@pytest.fixture(params=list(VERSIONS))
+def fake(request, monkeypatch):
+    """The stand-in TensorRT of each recorded version on an NVIDIA L4; returns (machine, cuda)."""
+    machine = Machine(request.param, gpu_name=L4.name, compute_capability=L4.compute_capability)
+    install(monkeypatch, machine)
+    return machine, sys.modules["polygraphy.cuda"]
 
 
-def engine_bundle(root: Path, onnx_path: Path, **engine_extra) -> Path:
+def engine_bundle(root: Path, onnx_path: Path, version: str = "10.3.0", **engine_extra) -> Path:
     root.mkdir()
-    (root / "model.engine").write_bytes(PLAN_MAGIC + onnx_path.read_bytes())
+    (root / "model.engine").write_bytes(plan_bytes(onnx_path, version, version_compatible=bool(engine_extra.get("version_compatible"))))
     shutil.copyfile(onnx_path, root / "model_int8_cpu.onnx")
     engine = {
-        "path": "model.engine", "tensorrt_version": "10.3.0", "precision": "int8", "int8_source": "qdq",
-        "strongly_typed": True, "gpu": L4.to_dict(), "dla_core": None, "hardware_compatibility": None,
+        "path": "model.engine", "tensorrt_version": version, "precision": "int8", "int8_source": "qdq",
+        "strongly_typed": version.startswith("11"), "gpu": L4.to_dict(), "dla_core": None, "hardware_compatibility": None,
         "profiles": [{"min": list(PROFILE[0]), "opt": list(PROFILE[1]), "max": list(PROFILE[2])}], **engine_extra,
     }
     write_manifest(
@@ -226,52 +78,52 @@ def ort_logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
 # -- the runner through the stand-in API ------------------------------------------------------
 
 def test_bundle_with_engine_runs_on_tensorrt(fake, onnx_path, tmp_path):
-    trt, cuda = fake
-    bundle = engine_bundle(tmp_path / "b", onnx_path)
+    machine, cuda = fake
+    bundle = engine_bundle(tmp_path / "b", onnx_path, machine.version)
     runner = runtime.load(bundle)
     assert runner.backend == "tensorrt" and runner.spec == SPEC
     assert runner.input_shape == (3, 32, 32) and runner.batch_range == (1, 16)
     x = np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(runner.infer(x), ort_logits(onnx_path, x), rtol=1e-5, atol=1e-5)
-    syncs = cuda.syncs
+    syncs = cuda.SYNCS[0]
     np.testing.assert_allclose(runner.infer(x[:2]), ort_logits(onnx_path, x[:2]), rtol=1e-5, atol=1e-5)
-    assert cuda.syncs == syncs + 1  # the stream is synchronized before the host reads the output
+    assert cuda.SYNCS[0] == syncs + 1  # the stream is synchronized before the host reads the output
     assert len(runner.classify(np.zeros((32, 32, 3), np.uint8), top_k=2)) == 2
     with pytest.raises(RunnerError, match="batches of 1 to 16 images"):
         runner.infer(np.zeros((17, 3, 32, 32), np.float32))
     with pytest.raises(RunnerError, match="got 1 channels"):
         runner.infer(np.zeros((1, 1, 32, 32), np.float32))
-    assert cuda.memory and cuda.streams
+    assert cuda.MEMORY and cuda.STREAMS
     runner.close()
     runner.close()
-    assert not cuda.memory and not cuda.streams, "close() frees device memory and the stream"
+    assert not cuda.MEMORY and not cuda.STREAMS, "close() frees device memory and the stream"
     with pytest.raises(RunnerError, match="closed"):
         runner.infer(x)
 
 
 def test_forced_onnxruntime_ignores_the_engine(fake, onnx_path, tmp_path):
-    with runtime.load(engine_bundle(tmp_path / "b", onnx_path), backend="onnxruntime") as runner:
+    with runtime.load(engine_bundle(tmp_path / "b", onnx_path, fake[0].version), backend="onnxruntime") as runner:
         assert runner.backend == "onnxruntime"
     assert fake[0].deserialized == []
 
 
 def test_mismatch_is_raised_before_tensorrt_reads_the_plan(fake, onnx_path, tmp_path, monkeypatch):
-    trt, _ = fake
-    trt.__version__ = "10.8.0"
-    bundle = engine_bundle(tmp_path / "b", onnx_path)
-    with pytest.raises(RuntimeMismatchError, match="TensorRT 10.3.0 for sm_89 .* this machine has TensorRT 10.8.0"):
+    machine, _ = fake
+    other = "11.0.0" if machine.version.startswith("10") else "10.3.0"
+    bundle = engine_bundle(tmp_path / "b", onnx_path, other)
+    with pytest.raises(RuntimeMismatchError, match=f"TensorRT {other} for sm_89 .* this machine has TensorRT {machine.version}"):
         runtime.load(bundle)
     with pytest.raises(RuntimeMismatchError, match="same version"):
         runtime.load(bundle / "model.engine")  # the manifest beside an engine file is used too
     monkeypatch.setattr(nvidia, "find_gpu", lambda: GpuInfo("Tesla T4", "7.5"))
-    trt.__version__ = "10.3.0"
+    same = engine_bundle(tmp_path / "c", onnx_path, machine.version)
     with pytest.raises(RuntimeMismatchError, match="sm_75 .*compute capability"):
-        runtime.load(bundle)
-    assert trt.deserialized == []
+        runtime.load(same)
+    assert machine.deserialized == []
 
 
 def test_tampered_engine_is_refused_before_deserializing(fake, onnx_path, tmp_path):
-    bundle = engine_bundle(tmp_path / "b", onnx_path)
+    bundle = engine_bundle(tmp_path / "b", onnx_path, fake[0].version)
     with open(bundle / "model.engine", "ab") as fh:
         fh.write(b"x")
     with pytest.raises(runtime.BundleError, match="model.engine .*bytes"):
@@ -280,15 +132,15 @@ def test_tampered_engine_is_refused_before_deserializing(fake, onnx_path, tmp_pa
 
 
 def test_version_compatible_engine_allows_host_code(fake, onnx_path, tmp_path):
-    trt, _ = fake
-    trt.__version__ = "10.8.0"
-    with runtime.load(engine_bundle(tmp_path / "b", onnx_path, version_compatible=True)) as runner:
+    machine, _ = fake
+    built = "10.3.0" if machine.version.startswith("10") else "11.1.0"
+    with runtime.load(engine_bundle(tmp_path / "b", onnx_path, built, version_compatible=True)) as runner:
         assert runner.backend == "tensorrt"
-    assert trt.runtimes[-1].engine_host_code_allowed is True
+    assert machine.runtimes[-1].engine_host_code_allowed is True
 
 
 def test_engine_file_alone_and_beside_its_manifest(fake, onnx_path, tmp_path):
-    bundle = engine_bundle(tmp_path / "b", onnx_path)
+    bundle = engine_bundle(tmp_path / "b", onnx_path, fake[0].version)
     with runtime.load(bundle / "model.engine") as runner:
         assert runner.spec == SPEC
     alone = tmp_path / "alone"
@@ -361,7 +213,8 @@ def test_real_engine_matches_onnxruntime(real_trt, onnx_path, tmp_path):
     with runtime.load(root) as runner:
         assert runner.backend == "tensorrt" and runner.batch_range == (1, 16)
         got, ref = runner.infer(x), ort_logits(onnx_path, x)
-        # TF32 is on by default for FP32 engines on Ampere+: compare by direction and top-1
+        # Polygraphy's CreateConfig clears TF32 unless asked for it, so this is FP32; kernels still sum in
+        # another order than ONNX Runtime: compare by direction and top-1
         cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
         assert cos.min() > 0.999 and (got.argmax(1) == ref.argmax(1)).all()
         assert runner.infer(x[:1]).shape == (1, 10)

@@ -68,7 +68,8 @@ class EngineResult:
 
 def _cache_text(plan: EnginePlan) -> tuple[bytes | None, str]:
     """The calibration cache, re-tagged for the TensorRT that builds (TensorRT ignores a cache
-    whose tag differs from its own version and would silently calibrate again)."""
+    whose tag differs from its own version and would silently calibrate again), and for DLA as
+    EntropyCalibration2 (the calibrator DLA requires; the scales are the same numbers)."""
     if plan.int8_source != "cache" or plan.cache_path is None:
         return None, "EntropyCalibration2"
     from rescompile.stages.calibrate.cache import CalibrationCache, read_cache, version_code
@@ -78,27 +79,75 @@ def _cache_text(plan: EnginePlan) -> tuple[bytes | None, str]:
     if cache.version_code != code:
         log.warning("calibration cache tagged for TensorRT %s; re-tagged for TensorRT %s to build", cache.version, plan.trt_version)
         cache = CalibrationCache(code, cache.algorithm, dict(cache.scales))
+    if plan.dla_core is not None and cache.algorithm != "EntropyCalibration2":
+        log.warning("calibration cache tagged %s; DLA requires EntropyCalibration2, so it is replayed as such", cache.algorithm)
+        cache = CalibrationCache(cache.version_code, "EntropyCalibration2", dict(cache.scales))
     return cache.to_text().encode(), cache.algorithm
 
 
+def timing_cache_record(path: Path) -> Path:
+    """The JSON beside a timing cache that says which TensorRT and GPU made it."""
+    return path.with_name(path.name + ".json")
+
+
+def _timing_cache_usable(plan: EnginePlan, gpu: nvidia.GpuInfo | None) -> bool:
+    """A timing cache holds tactic timings of one GPU under one TensorRT: another machine's is not
+    loaded (TensorRT reports the mismatch, Polygraphy carries on and would merge it and write it
+    back). A cache without a record (from trtexec, say) is loaded as the user asked."""
+    path = plan.timing_cache
+    if path is None or not Path(path).exists():
+        return False
+    record_path = timing_cache_record(Path(path))
+    if not record_path.exists():
+        return True
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    here = {"tensorrt_version": plan.trt_version, "gpu": gpu.name if gpu else None,
+            "compute_capability": gpu.compute_capability if gpu else None}
+    made = {k: record.get(k) for k in here}
+    if made != here:
+        log.warning(
+            "timing cache %s was made by TensorRT %s on %s; this is TensorRT %s on %s: not loaded, a new one replaces it",
+            Path(path).name, made["tensorrt_version"], made["gpu"], here["tensorrt_version"], here["gpu"],
+        )
+        return False
+    return True
+
+
 def engine_from_onnx(
-    plan: EnginePlan, out_dir: Path, *, blocks: list[dict[str, Any]] | None = None, node_names: dict[str, str] | None = None
+    plan: EnginePlan, out_dir: Path, *, blocks: list[dict[str, Any]] | None = None, node_names: dict[str, str] | None = None,
+    gpu: nvidia.GpuInfo | None = None,
 ) -> EngineResult:
-    """Build the engine ``plan`` describes into ``out_dir`` (needs TensorRT and a GPU)."""
+    """Build the engine ``plan`` describes into ``out_dir`` (needs TensorRT and a GPU: ``gpu``,
+    found when not given)."""
+    gpu = gpu or nvidia.find_gpu()
     text, algorithm = _cache_text(plan)
-    chain = loader_chain(plan, cache_text=text, algorithm=algorithm)
+    usable = _timing_cache_usable(plan, gpu)
+    if not usable and plan.timing_cache is not None and Path(plan.timing_cache).exists():
+        # Polygraphy merges the file it saves into with whatever is there (ignoring mismatches):
+        # another machine's cache is removed first, so the new one holds this GPU's timings only.
+        Path(plan.timing_cache).unlink()
+        timing_cache_record(Path(plan.timing_cache)).unlink(missing_ok=True)
+    chain = loader_chain(plan, cache_text=text, algorithm=algorithm, load_timing_cache=usable)
     start = time.perf_counter()
     data = build_engine_bytes(chain)
     seconds = time.perf_counter() - start
     path = write_bytes_atomic(out_dir / ENGINE, data)
     report, layers_path = None, None
     try:
-        info = engine_information(data)
+        info = engine_information(data, version_compatible=plan.version_compatible)
         layers_path = write_json_atomic(out_dir / ENGINE_LAYERS, info)
         report = engine_report(info, blocks or [], node_names or {})
     except Exception as exc:  # the report is a diagnosis; the engine itself is fine
         log.warning("could not read the engine's layer information: %s", exc)
     timing = plan.timing_cache if plan.timing_cache is not None and Path(plan.timing_cache).exists() else None
+    if timing is not None:
+        write_json_atomic(timing_cache_record(Path(timing)), {
+            "tensorrt_version": plan.trt_version, "gpu": gpu.name if gpu else None,
+            "compute_capability": gpu.compute_capability if gpu else None,
+        })
     return EngineResult(path, plan, seconds, len(data), report, layers_path, timing)
 
 

@@ -18,10 +18,13 @@ from typing import Any
 from rescompile._lazy import import_optional
 
 
-def engine_information(engine_bytes: bytes) -> dict[str, Any]:
-    """The engine inspector's JSON for a serialized engine (needs TensorRT and a GPU)."""
+def engine_information(engine_bytes: bytes, *, version_compatible: bool = False) -> dict[str, Any]:
+    """The engine inspector's JSON for a serialized engine (needs TensorRT and a GPU). A
+    version-compatible plan carries its lean runtime and deserializes only with host code allowed."""
     trt = import_optional("tensorrt")
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if version_compatible:
+        runtime.engine_host_code_allowed = True
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise RuntimeError("TensorRT could not deserialize the engine it just built")

@@ -11,18 +11,41 @@ TensorRT 11 release notes):
   calibration cache (`--int8-source cache`: implicit INT8, what older Jetson pipelines and
   DeepStream use). FP16 is enabled next to INT8 so layers without an INT8 kernel fall back to
   FP16 instead of FP32.
+
+What each TensorRT version supports on each device (developer guide "Hardware Compatibility",
+"Version Compatibility", "Working with DLA"; support matrices 10.x/11.x) is checked here, before
+any build starts: `check_support` refuses a combination TensorRT would reject (or would build
+into something other than what was asked), with the reason and the alternative, and
+`support_table` renders the same rules for the README.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rescompile.config import EngineConfig, HardwareCompat, Int8Source, Precision
 from rescompile.errors import ConfigError
-from rescompile.nvidia import major
+from rescompile.nvidia import GpuInfo, major
 
 OLDEST_TRT = 10  # build_serialized_network + tensor-name I/O + the APIs used here
+# HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY first appears in the bindings at v10.9.0
+# (v10.3.0 has NONE and AMPERE_PLUS only); it needs a Turing or later GPU to build on, AMPERE_PLUS
+# an Ampere or later one (pyCoreDoc.h, HardwareCompatibilityLevel).
+SAME_CC_SINCE = (10, 9, 0)
+SAME_CC_MIN_CC = (7, 5)
+AMPERE_PLUS_MIN_CC = (8, 0)
+# DLA (support matrices, "Working with DLA"): TensorRT 10.7 is the last 10.x with DLA; 11.0-11.4.0
+# have none on Linux; 11.4.1 brings it back on Jetson AGX Orin with JetPack 7.2.2, strongly typed.
+DLA_LAST_10 = (10, 7, 99)
+DLA_SINCE_11 = (11, 4, 1)
+DLA_CC = ("7.2", "8.7")  # Xavier and Orin have DLA cores; Thor (11.0) has none
+
+
+def _version(text: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in re.findall(r"\d+", text)[:3]]
+    return tuple((parts + [0, 0, 0])[:3])  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -88,11 +111,68 @@ def _need(files: dict[str, Path], role: str, what: str) -> Path:
     return Path(path)
 
 
+def check_support(trt_version: str, cfg: EngineConfig, precision: Precision, gpu: GpuInfo | None = None) -> list[str]:
+    """Refuse what TensorRT ``trt_version`` does not support for ``cfg`` on ``gpu`` (the GPU that
+    builds; None when the plan is made for another machine). Returns notes for what it adjusts."""
+    v = _version(trt_version)
+    notes: list[str] = []
+    hw = cfg.hardware_compatibility
+    jetson = gpu is not None and gpu.jetson
+    if hw != HardwareCompat.none:
+        if cfg.dla_core is not None:
+            raise ConfigError("hardware compatibility is not supported with DLA", "Drop --hardware-compat or --dla-core")
+        if jetson:
+            raise ConfigError(
+                f"hardware compatibility is not supported on JetPack ({gpu.name})",
+                "Drop --hardware-compat: an engine built on the module runs on modules of the same kind",
+            )
+        if hw == HardwareCompat.same_cc and v < SAME_CC_SINCE:
+            raise ConfigError(
+                f"--hardware-compat same-cc needs TensorRT 10.9 or later (this is TensorRT {trt_version})",
+                "Use --hardware-compat ampere+ on an Ampere or later GPU, or upgrade TensorRT",
+            )
+        if hw == HardwareCompat.ampere_plus and gpu is not None and _cc(gpu) < AMPERE_PLUS_MIN_CC:
+            raise ConfigError(
+                f"--hardware-compat ampere+ needs an Ampere or later GPU to build on; {gpu.name} is {gpu.sm}",
+                "Build on an sm_80+ GPU, or drop --hardware-compat",
+            )
+        if hw == HardwareCompat.same_cc and gpu is not None and _cc(gpu) < SAME_CC_MIN_CC:
+            raise ConfigError(
+                f"--hardware-compat same-cc needs a Turing or later GPU to build on; {gpu.name} is {gpu.sm}",
+                "Build on an sm_75+ GPU, or drop --hardware-compat",
+            )
+    if cfg.dla_core is not None:
+        if precision == Precision.fp32:
+            raise ConfigError("DLA runs FP16 and INT8 only", "Use --precision fp16 or int8 with --dla-core")
+        if gpu is not None and not gpu.jetson:
+            raise ConfigError(f"{gpu.name} has no DLA cores (only Jetson Xavier and Orin modules do)", "Drop --dla-core")
+        if gpu is not None and gpu.compute_capability not in DLA_CC:
+            raise ConfigError(f"{gpu.name} ({gpu.sm}) has no DLA cores (only Jetson Xavier and Orin modules do)", "Drop --dla-core")
+        if DLA_LAST_10 < v < DLA_SINCE_11:
+            raise ConfigError(
+                f"TensorRT {trt_version} does not support DLA (10.7 is the last 10.x with DLA; 11.4.1 brings it back on Orin)",
+                "Use JetPack 6 (TensorRT 10.3), or TensorRT 11.4.1+ with JetPack 7.2.2 on Jetson AGX Orin",
+            )
+        if v[0] >= 11:
+            notes.append("TensorRT 11 runs DLA on Jetson AGX Orin with JetPack 7.2.2 and strongly typed networks only")
+        if not cfg.min_batch == cfg.opt_batch == cfg.max_batch:
+            notes.append(
+                f"DLA needs one batch size (min = opt = max): the engine takes batches of exactly {cfg.opt_batch} "
+                "(--opt-batch chooses it)"
+            )
+    return notes
+
+
+def _cc(gpu: GpuInfo) -> tuple[int, int]:
+    return _version(gpu.compute_capability)[:2]
+
+
 def plan_engine(
     precision: Precision, trt_version: str, files: dict[str, Path], input_name: str, chw: tuple[int, int, int],
-    cfg: EngineConfig = EngineConfig(),
+    cfg: EngineConfig = EngineConfig(), *, gpu: GpuInfo | None = None,
 ) -> EnginePlan:
-    """Decide how to build an engine of ``precision`` for TensorRT ``trt_version`` from the bundle ``files``."""
+    """Decide how to build an engine of ``precision`` for TensorRT ``trt_version`` from the bundle
+    ``files``; ``gpu`` is the GPU that will build it (None: the plan is for another machine)."""
     _check_batches(cfg)
     trt_major = major(trt_version)
     if trt_major is None or trt_major < OLDEST_TRT:
@@ -101,7 +181,9 @@ def plan_engine(
             "Upgrade TensorRT (JetPack 6 ships 10.3)",
         )
     typed = trt_major >= 11
-    notes: list[str] = []
+    notes: list[str] = check_support(trt_version, cfg, precision, gpu)
+    if cfg.dla_core is not None:
+        cfg = replace(cfg, min_batch=cfg.opt_batch, max_batch=cfg.opt_batch)
     cache: Path | None = None
     int8 = precision.needs_calibration
     source = cfg.int8_source
@@ -134,13 +216,11 @@ def plan_engine(
     if typed and precision == Precision.best:
         notes.append("TensorRT 11 builds the types in the ONNX: 'best' is the Q/DQ model, its float layers in FP32")
     if cfg.dla_core is not None:
-        if precision == Precision.fp32:
-            raise ConfigError("DLA runs FP16 and INT8 only", "Use --precision fp16 or int8 with --dla-core")
         notes.append(f"DLA core {cfg.dla_core}" + (" with GPU fallback" if cfg.gpu_fallback else " without GPU fallback"))
+        if int8_source == "cache":
+            notes.append("DLA takes implicit INT8 from an EntropyCalibration2 cache: the cache is tagged so")
     c, h, w = chw
     hw = None if cfg.hardware_compatibility == HardwareCompat.none else cfg.hardware_compatibility.value
-    if hw and cfg.dla_core is not None:
-        raise ConfigError("hardware compatibility is not supported with DLA", "Drop --hardware-compat or --dla-core")
     return EnginePlan(
         trt_version=trt_version, precision=precision, onnx_role=role, onnx_path=onnx_path, strongly_typed=typed,
         fp16=fp16, int8=int8 and not typed, int8_source=int8_source, cache_path=cache, input_name=input_name,

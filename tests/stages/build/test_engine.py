@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,16 +70,17 @@ def test_pipeline_with_a_stand_in_builder(trained, tmp_path, monkeypatch):
         seen["onnx"], seen["fp16"], seen["int8"] = chain.network.path, chain.create_config.fp16, chain.create_config.int8
         return b"ENGINE"
 
-    def fake_info(data):
+    def fake_info(data, **_):
         assert data == b"ENGINE"
         return {"Layers": [layer("/layer1/layer1.0/conv2/Conv + /layer1/layer1.0/Add + /layer1/layer1.0/relu_1/Relu", "Int8 x")]}
 
     monkeypatch.setattr(build_stage, "build_engine_bytes", fake_build)
     monkeypatch.setattr(build_stage, "engine_information", fake_info)
     out = tmp_path / "b"
-    res = pipeline.build(BuildConfig(source=str(trained.checkpoint), output_dir=out, precision=Precision.int8,
+    pipeline.build(BuildConfig(source=str(trained.checkpoint), output_dir=out, precision=Precision.int8,
                                      calib=CalibConfig(num_images=64), engine=EngineConfig(max_batch=16), bench=False))
-    assert seen == {"onnx": str(out / "model_int8_qdq.onnx"), "fp16": True, "int8": True}
+    built_from = Path(seen.pop("onnx"))  # inside the run's staging folder, moved into out/ at the end
+    assert built_from.name == "model_int8_qdq.onnx" and out in built_from.parents and seen == {"fp16": True, "int8": True}
     manifest = json.loads((out / "manifest.json").read_text())
     eng = manifest["engine"]
     assert (out / eng["path"]).read_bytes() == b"ENGINE" and manifest["files"]["engine"]["bytes"] == 6

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -87,51 +85,82 @@ def test_chain_carries_every_option_to_the_builder(tmp_path):
     assert typed.network.strongly_typed is True and typed.create_config.int8 is False
 
 
-class FakeConfig:
-    def __init__(self):
-        self.flags, self.limits = set(), {}
-        self.int8_calibrator = None
-        self.DLA_core = -1
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory) -> Path:
+    from rescompile.models.load import load_model
+    from rescompile.pipeline import prepare_fp32
 
-    def set_memory_pool_limit(self, pool, size):
-        self.limits[pool] = size
-
-    def set_flag(self, flag):
-        self.flags.add(flag)
+    return prepare_fp32(load_model("resnet20"), tmp_path_factory.mktemp("onnx"))
 
 
-def fake_trt():
-    trt = types.ModuleType("tensorrt")
-    trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.HardwareCompatibilityLevel = types.SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_CC")
-    trt.DeviceType = types.SimpleNamespace(DLA="DLA")
-    trt.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK="GPU_FALLBACK")
+def configured(monkeypatch, version, plan, device=None, **chain_kw):
+    """Run Polygraphy's CreateConfig and our settings as a build would, on a stand-in TensorRT:
+    (builder, network) from the chain's own network loader, then the config loader."""
+    from rescompile.stages.build.loaders import cache_calibrator
+    from tests.trt_api.machine import Machine, install
 
-    class Base:
-        def __init__(self):
-            pass
+    install(monkeypatch, Machine(version, **(device or {})))
+    chain = loader_chain(plan, **chain_kw)
+    if chain.calibration is not None:
+        import tensorrt
 
-    for name in ("IInt8EntropyCalibrator2", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator"):
-        setattr(trt, name, type(name, (Base,), {}))
-    return trt
+        chain.create_config.calibrator = cache_calibrator(tensorrt, *chain.calibration)
+    builder, network, _parser = chain.network()[:3]
+    return chain.config(builder, network)
 
 
-def test_settings_applied_at_build_time(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt())
-    p = plan(Precision.int8, "10.3.0", workspace_mib=64, dla_core=1, hardware_compatibility=HardwareCompat.none,
-             int8_source=Int8Source.cache)
-    chain = loader_chain(p, cache_text=b"TRT-100300-MinMaxCalibration\ninput: 3c010a14\n", algorithm="MinMaxCalibration")
-    config = FakeConfig()
-    chain.settings(None, None, config)
-    assert config.profiling_verbosity == "DETAILED" and config.limits == {"WORKSPACE": 64 << 20}
-    assert config.DLA_core == 1 and config.default_device_type == "DLA" and "GPU_FALLBACK" in config.flags
+def test_settings_applied_after_polygraphy_created_the_config(monkeypatch, small_onnx):
+    files = {**FILES, "optimized_onnx": small_onnx, "qdq_onnx": small_onnx}
+    p = plan_engine(Precision.int8, "10.3.0", files, "input", CHW,
+                    EngineConfig(workspace_mib=64, dla_core=1, int8_source=Int8Source.cache, opt_batch=2))
+    config = configured(monkeypatch, "10.3.0", p, {"jetson": True, "compute_capability": "8.7", "dla_cores": 2},
+                        cache_text=b"TRT-100300-MinMaxCalibration\ninput: 3c010a14\n", algorithm="MinMaxCalibration")
+    import tensorrt as trt
+
+    assert config.profiling_verbosity == trt.ProfilingVerbosity.DETAILED
+    assert config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) == 64 << 20
+    assert config.DLA_core == 1 and config.default_device_type == trt.DeviceType.DLA  # ours, after Polygraphy's DLA_core = 0
+    assert config.get_flag(trt.BuilderFlag.GPU_FALLBACK) and config.get_flag(trt.BuilderFlag.INT8)
+    assert not config.get_flag(trt.BuilderFlag.TF32)
     cal = config.int8_calibrator
     assert type(cal).__mro__[1].__name__ == "IInt8MinMaxCalibrator"
     assert cal.read_calibration_cache().startswith(b"TRT-100300-MinMaxCalibration") and cal.get_batch(["input"]) is None
-    ampere = FakeConfig()
-    loader_chain(plan(Precision.fp16, "10.8.0", hardware_compatibility=HardwareCompat.ampere_plus)).settings(None, None, ampere)
-    assert ampere.hardware_compatibility_level == "AMPERE_PLUS" and ampere.int8_calibrator is None
+    assert config.get_calibration_profile() is not None  # set by Polygraphy because the calibrator reached CreateConfig
+    assert [p.get_shape("input") for p in config._sti["profiles"]] == [[(2, 3, 32, 32)] * 3]
+
+
+@pytest.mark.parametrize("version, has_same_cc", [("10.3.0", False), ("10.16.0", True), ("11.1.0", True)])
+def test_hardware_level_exists_where_the_plan_allows_it(monkeypatch, small_onnx, version, has_same_cc):
+    files = {**FILES, "optimized_onnx": small_onnx}
+    cfg = EngineConfig(hardware_compatibility=HardwareCompat.same_cc)
+    if not has_same_cc:
+        with pytest.raises(ConfigError, match="same-cc needs TensorRT 10.9"):
+            plan_engine(Precision.fp32, version, files, "input", CHW, cfg)
+        # what the plan prevents: TensorRT 10.3's bindings have no such level
+        from tests.trt_api.machine import Machine, tensorrt_for
+
+        assert not hasattr(tensorrt_for(Machine(version)).HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY")
+        return
+    config = configured(monkeypatch, version, plan_engine(Precision.fp32, version, files, "input", CHW, cfg))
+    import tensorrt as trt
+
+    assert config.hardware_compatibility_level == trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+
+
+def test_stand_in_objects_are_as_strict_as_pybind(monkeypatch):
+    from tests.trt_api.machine import Machine, tensorrt_for
+
+    trt = tensorrt_for(Machine("10.3.0"))
+    config = trt.Builder(trt.Logger(trt.Logger.WARNING)).create_builder_config()
+    with pytest.raises(AttributeError):
+        config.hardware_compat_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS  # a typo TensorRT rejects
+    with pytest.raises(AttributeError):
+        config.num_optimization_profiles = 2  # read-only
+    eleven = tensorrt_for(Machine("11.1.0"))
+    for gone in ("IInt8EntropyCalibrator2", "CalibrationAlgoType"):
+        assert not hasattr(eleven, gone)
+    assert not hasattr(eleven.BuilderFlag, "INT8") and not hasattr(eleven.BuilderFlag, "FP16")
+    assert not hasattr(eleven.IBuilderConfig, "set_calibration_profile")
 
 
 def test_building_without_tensorrt_is_a_clear_error():
