@@ -229,3 +229,66 @@ def plan_engine(
         optimization_level=cfg.optimization_level, timing_cache=cfg.timing_cache, dla_core=cfg.dla_core,
         gpu_fallback=cfg.gpu_fallback, hardware_compatibility=hw, version_compatible=cfg.version_compatible, notes=notes,
     )
+
+
+# -- what rescompile does on each TensorRT version and device (the README's table) -------------
+
+TABLE_VERSIONS = (("10.3 (JetPack 6)", "10.3.0"), ("10.4-10.7", "10.7.0"), ("10.8", "10.8.0"), ("10.9-10.x", "10.16.0"),
+                  ("11.0-11.4.0", "11.1.0"), ("11.4.1+", "11.4.1"))
+TABLE_DEVICES = (
+    ("desktop GPU (sm_89)", GpuInfo("desktop GPU", "8.9"), None),
+    ("Jetson Orin GPU", GpuInfo("Jetson AGX Orin", "8.7", jetson=True), None),
+    ("Jetson Orin DLA", GpuInfo("Jetson AGX Orin", "8.7", jetson=True), 0),
+)
+TABLE_COLUMNS = (
+    ("`--precision int8` (default)", Precision.int8, {}),
+    ("`fp16`", Precision.fp16, {}),
+    ("`fp32`", Precision.fp32, {}),
+    ("`--int8-source cache`", Precision.int8, {"int8_source": Int8Source.cache}),
+    ("`--hardware-compat ampere+`", Precision.int8, {"hardware_compatibility": HardwareCompat.ampere_plus}),
+    ("`--hardware-compat same-cc`", Precision.int8, {"hardware_compatibility": HardwareCompat.same_cc}),
+)
+
+
+_SHORT_REFUSALS = (  # ConfigError message -> the table's few words
+    ("same-cc needs TensorRT 10.9", "no: needs 10.9+"),
+    ("not supported on JetPack", "no: not on JetPack"),
+    ("not supported with DLA", "no: not with DLA"),
+    ("does not support DLA", "no: no DLA in this TensorRT"),
+    ("has no calibration-cache path", "no: implicit INT8 removed in 11"),
+    ("DLA runs FP16 and INT8 only", "no: DLA is FP16/INT8 only"),
+    ("needs an Ampere or later GPU", "no: needs an sm_80+ GPU"),
+    ("needs a Turing or later GPU", "no: needs an sm_75+ GPU"),
+)
+
+
+def support_cell(version: str, gpu: GpuInfo, dla_core: int | None, precision: Precision, options: dict) -> str:
+    """One cell of the table: what the plan builds, or why it refuses."""
+    files = {role: Path(role) for role in ("optimized_onnx", "qdq_onnx", "fp16_onnx", "calibration_cache")}
+    try:
+        plan = plan_engine(precision, version, files, "input", (3, 32, 32), EngineConfig(dla_core=dla_core, **options), gpu=gpu)
+    except ConfigError as exc:
+        return next((short for key, short in _SHORT_REFUSALS if key in exc.message), "no: " + exc.message)
+    onnx = {"qdq_onnx": "Q/DQ ONNX", "fp16_onnx": "FP16 ONNX", "optimized_onnx": "optimized ONNX"}[plan.onnx_role]
+    flags = [name for name, on in (("INT8", plan.int8), ("FP16", plan.fp16)) if on]
+    parts = [onnx + (" + " + "/".join(flags) + " flag" + ("s" if len(flags) > 1 else "") if flags else "")]
+    if plan.int8_source == "cache":
+        parts.append("calibration cache")
+    if plan.strongly_typed:
+        parts.append("strongly typed")
+    if plan.hardware_compatibility:
+        parts.append({"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}[plan.hardware_compatibility])
+    if plan.dla_core is not None:
+        parts.append("DLA, one batch size")
+    return ", ".join(parts)
+
+
+def support_table() -> str:
+    """The README's table, from the same rules the plan applies."""
+    head = "| TensorRT | device | " + " | ".join(c[0] for c in TABLE_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+    for label, version in TABLE_VERSIONS:
+        for device, gpu, dla in TABLE_DEVICES:
+            cells = [support_cell(version, gpu, dla, precision, options) for _, precision, options in TABLE_COLUMNS]
+            lines.append(f"| {label} | {device} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
