@@ -1,9 +1,8 @@
-"""The engine report over TensorRT inspector JSON, and the build stage wired with a stand-in builder."""
+"""The engine report over TensorRT inspector JSON, and the pipeline building through Polygraphy on a stand-in TensorRT."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -55,35 +54,24 @@ def test_an_empty_or_odd_inspector_record_gives_an_empty_report():
     assert rep.layers == 0 and rep.fused_adds == 0 and all(b.add_layer is None for b in rep.blocks)
 
 
-def test_pipeline_with_a_stand_in_builder(trained, tmp_path, monkeypatch):
-    """Where TensorRT and a GPU exist, the pipeline builds, reports and lists the engine."""
+def test_pipeline_builds_through_polygraphy_on_a_stand_in_jetson(trained, tmp_path, monkeypatch):
+    """Where TensorRT and a GPU exist, the pipeline builds (Polygraphy's real loaders, TensorRT
+    10.3's bindings), reports and lists the engine."""
     import rescompile.pipeline as pipeline
-    import rescompile.stages.build as build_stage
     from rescompile.config import BuildConfig, CalibConfig, EngineConfig, Precision
-    from rescompile.nvidia import GpuInfo
+    from tests.trt_api.machine import Machine, install
 
-    gpu = GpuInfo("NVIDIA Jetson AGX Orin", "8.7", jetson=True)
-    monkeypatch.setattr(pipeline, "build_target", lambda: build_stage.Target("10.3.0", gpu))
-    seen = {}
-
-    def fake_build(chain):
-        seen["onnx"], seen["fp16"], seen["int8"] = chain.network.path, chain.create_config.fp16, chain.create_config.int8
-        return b"ENGINE"
-
-    def fake_info(data, **_):
-        assert data == b"ENGINE"
-        return {"Layers": [layer("/layer1/layer1.0/conv2/Conv + /layer1/layer1.0/Add + /layer1/layer1.0/relu_1/Relu", "Int8 x")]}
-
-    monkeypatch.setattr(build_stage, "build_engine_bytes", fake_build)
-    monkeypatch.setattr(build_stage, "engine_information", fake_info)
+    machine = Machine("10.3.0", gpu_name="NVIDIA Jetson AGX Orin", compute_capability="8.7", jetson=True, dla_cores=2)
+    install(monkeypatch, machine)
     out = tmp_path / "b"
     pipeline.build(BuildConfig(source=str(trained.checkpoint), output_dir=out, precision=Precision.int8,
-                                     calib=CalibConfig(num_images=64), engine=EngineConfig(max_batch=16), bench=False))
-    built_from = Path(seen.pop("onnx"))  # inside the run's staging folder, moved into out/ at the end
-    assert built_from.name == "model_int8_qdq.onnx" and out in built_from.parents and seen == {"fp16": True, "int8": True}
+                               calib=CalibConfig(num_images=64), engine=EngineConfig(max_batch=16), bench=False))
+    header = machine.builds[-1]
+    assert (header["fp16"], header["int8"], header["tf32"], header["profile"][2]) == (True, True, False, [16, 3, 32, 32])
     manifest = json.loads((out / "manifest.json").read_text())
     eng = manifest["engine"]
-    assert (out / eng["path"]).read_bytes() == b"ENGINE" and manifest["files"]["engine"]["bytes"] == 6
+    assert (out / eng["path"]).stat().st_size == manifest["files"]["engine"]["bytes"]
     assert eng["tensorrt_version"] == "10.3.0" and eng["gpu"]["sm"] == "sm_87" and eng["profiles"][0]["max"] == [16, 3, 32, 32]
-    assert eng["report"]["fused_adds"] == 1 and eng["report"]["residual_blocks"] == 9
-    assert "engine_layers" in manifest["files"] and manifest["nvidia"]["gpu"]["name"] == "NVIDIA Jetson AGX Orin"
+    assert eng["report"]["residual_blocks"] == 9 and eng["report"]["by_precision"].get("int8", 0) > 0
+    assert {"engine_layers", "timing_cache", "timing_cache_record"} <= set(manifest["files"])
+    assert manifest["nvidia"]["gpu"]["name"] == "NVIDIA Jetson AGX Orin"
