@@ -21,7 +21,7 @@ T4 = GpuInfo("Tesla T4", "7.5")
 def engine(version="10.3.0", gpu=ORIN, **extra) -> dict:
     return {
         "path": "model.engine", "tensorrt_version": version, "precision": "int8", "int8_source": "qdq",
-        "strongly_typed": True, "gpu": gpu.to_dict() if gpu else None, "dla_core": None,
+        "strongly_typed": str(version).startswith("11"), "gpu": gpu.to_dict() if gpu else None, "dla_core": None,
         "hardware_compatibility": None, "profiles": [{"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}],
         **extra,
     }

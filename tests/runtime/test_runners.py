@@ -59,7 +59,7 @@ def make_bundle(root: Path, onnx_path: Path, *, engine: bool = True, version: in
         files["engine"] = "model.engine"
         doc["engine"] = {
             "path": "model.engine", "tensorrt_version": "10.3.0", "precision": "int8", "int8_source": "qdq",
-            "strongly_typed": True, "gpu": {"name": "Orin", "compute_capability": "8.7", "sm": "sm_87", "jetson": True},
+            "strongly_typed": False, "gpu": {"name": "Orin", "compute_capability": "8.7", "sm": "sm_87", "jetson": True},
             "dla_core": None, "hardware_compatibility": None,
             "profiles": [{"min": [1, 3, 32, 32], "opt": [8, 3, 32, 32], "max": [32, 3, 32, 32]}], "build_seconds": 1.0,
         }
