@@ -8,7 +8,8 @@ Conv + bias + Add + ReLU into one INT8-in/INT8-out kernel (TensorRT developer gu
 "Q/DQ Layer-Placement Recommendations"). Pooling inputs reuse their tensor's scale.
 
 CPU (ONNX Runtime): every activation quantized to uint8 (zero point 0 for non-negative
-tensors, 128 otherwise), int8 per-channel weights (7-bit when the CPU lacks VNNI, where
+tensors, 128 otherwise; a MaxPool, Flatten or Reshape output shares its input's parameters, so
+the integer path stays unbroken), int8 per-channel weights (7-bit when the CPU lacks VNNI, where
 ONNX Runtime's u8s8 kernels saturate 16-bit intermediates), int32 biases, and ReLUs folded
 into the uint8 zero-point clamp, so ONNX Runtime turns each pattern into QLinearConv/
 QLinearAdd kernels. Both models come from the same amax values.
@@ -26,6 +27,11 @@ from rescompile.stages.optimize.graph import Graph, attr
 from rescompile.stages.optimize.residual import find_residual_blocks
 
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
+# Ops that move or select values without computing new ones. ONNX Runtime runs them on uint8
+# only when the DequantizeLinear before and the QuantizeLinear after share scale and zero point
+# (its QDQ "drop" rules); with different parameters it dequantizes, runs them in float, and a
+# float MaxPool between QLinearConvs costs a layout flip on each side.
+VALUE_PRESERVING = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
 
 def _scalar(g: Graph, base: str, value, dtype) -> str:
@@ -143,8 +149,14 @@ def qdq_for_cpu(
 ) -> onnx.ModelProto:
     """The uint8-activation Q/DQ model ONNX Runtime runs fast on x86 (see module docstring)."""
     g = _copy(model)
+    amax = dict(amax)
     nonneg = _fold_relus(g, amax) | {t for t, m in tensor_min.items() if m >= 0}
     outputs = g.graph_outputs()
+    for node in g.nodes:  # in graph order, so chains of them share one scale
+        src, dst = node.input[0] if node.input else "", node.output[0]
+        if node.op_type in VALUE_PRESERVING and src in amax and dst in amax:
+            amax[dst] = amax[src]
+            (nonneg.add if src in nonneg else nonneg.discard)(dst)
 
     def params(t: str) -> tuple[float, int]:
         return (amax[t] / 255.0, 0) if t in nonneg else (amax[t] / 127.0, 128)

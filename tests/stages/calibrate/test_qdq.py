@@ -157,3 +157,48 @@ def test_reference_session_keeps_qdq_semantics(r20):
     s = session(q, reference=True)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     assert np.isfinite(s.run(None, {s.get_inputs()[0].name: x})[0]).all()
+
+
+def ort_optimized(model: onnx.ModelProto, folder) -> onnx.ModelProto:
+    """The graph ONNX Runtime actually runs (optimizations on), as it writes it out."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(folder / "ort_optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return onnx.load(so.optimized_model_filepath)
+
+
+@pytest.fixture(scope="module")
+def r18_stem(tmp_path_factory):
+    """torchvision resnet18 at a size that keeps its stem (7x7 conv, MaxPool)."""
+    pytest.importorskip("torchvision")
+    from tests.stages.calibrate.conftest import _prepare
+
+    return _prepare("resnet18", tmp_path_factory.mktemp("r18stem"), num_classes=10, input_size=96)
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_cpu_artifact_stays_integer_through_maxpool(r18_stem, reduce_range, tmp_path):
+    """torchvision's stem MaxPool: with the same uint8 parameters on both sides ONNX Runtime runs
+    it on uint8 (NhwcMaxPool) and keeps the whole network NHWC: no float MaxPool, no NCHWc
+    reorders, two Transposes (in and out), every Conv a QLinearConv."""
+    from rescompile.stages.calibrate.collect import collect_statistics
+
+    assert "MaxPool" in {n.op_type for n in r18_stem.onnx.graph.node}
+    x = np.random.default_rng(0).standard_normal((4, 3, 96, 96)).astype(np.float32)
+    stats = collect_statistics(r18_stem.onnx, lambda: iter([x]))
+    cpu = qdq_for_cpu(r18_stem.onnx, compute_amax(stats, "entropy"), {k: s.min for k, s in stats.items()}, reduce_range=reduce_range)
+    ops = [(n.domain or "", n.op_type) for n in ort_optimized(cpu, tmp_path).graph.node]
+    names = [op for _, op in ops]
+    assert ("com.microsoft", "NhwcMaxPool") in ops and "MaxPool" not in names
+    assert not any(domain == "com.microsoft.nchwc" for domain, _ in ops)
+    assert names.count("Transpose") <= 2 and "Conv" not in names and names.count("QLinearConv") == 20
+
+
+def test_cpu_artifact_of_a_cifar_resnet_has_no_layout_flips(r20, r20_stats, tmp_path):
+    cpu = qdq_for_cpu(r20.onnx, compute_amax(r20_stats, "entropy"), {k: s.min for k, s in r20_stats.items()}, reduce_range=False)
+    names = [n.op_type for n in ort_optimized(cpu, tmp_path).graph.node]
+    assert names.count("Transpose") <= 2 and "Conv" not in names and names.count("QuantizeLinear") == 1
