@@ -237,3 +237,4 @@ class BenchConfig:
     rounds: int = 3  # backends take turns this many times (alternating order); samples are pooled
     output_dir: Path | None = None  # None: <bundle>/bench
     extra_onnx: tuple[tuple[str, str, Path], ...] = ()  # (key, display name, path): more ORT models to compare
+    peers: tuple[str, ...] = ("ort",)  # other tools' INT8 of the same model, measured beside the CPU artifact

@@ -38,6 +38,14 @@ def verdict_and_warnings(report: BenchReport) -> tuple[str, list[str]]:
     word = "faster" if speed >= 1 else "slower"
     ratio = speed if speed >= 1 else 1 / speed
     verdict = f"{best.name} is {ratio:.1f}x {word} than {ref.name} at batch {batch} with {_points(report, best.key)}"
+    artifact, peer = at.get("ort-int8"), at.get("ort-int8-qstatic")
+    if artifact is not None and peer is not None:
+        r = peer.stats.p50 / artifact.stats.p50
+        verdict += (f"; the CPU artifact is {r if r >= 1 else 1 / r:.2f}x {'faster' if r >= 1 else 'slower'} than ONNX Runtime "
+                    f"quantize_static ({_points(report, 'ort-int8')} vs {_points(report, 'ort-int8-qstatic')})")
+        if r < 1:
+            warnings.append(f"the CPU artifact is slower than ONNX Runtime quantize_static at batch {batch} "
+                            f"({artifact.stats.p50:.2f} vs {peer.stats.p50:.2f} ms p50)")
     for m in measured:
         b = report.backend(m.key)
         if b.precision != "int8" or b.mode != "compute":
@@ -61,7 +69,8 @@ def markdown(report: BenchReport) -> str:
     lines = [
         f"# rescompile bench: {report.model}",
         "",
-        f"{_dt.date.today().isoformat()} · CPU: {env['cpu']} ({env['cpu_cores']} cores, {env['threads'] or 'all'} threads)"
+        f"{_dt.date.today().isoformat()} · CPU: {env['cpu']} ({env['cpu_cores']} cores, {env['threads'] or 'all'} threads; "
+        f"{', '.join(env.get('cpu_flags') or []) or 'no AVX2/AVX-512/VNNI'})"
         + (f" · GPU: {gpu.get('name')} ({gpu.get('sm')}, driver {gpu.get('driver')}, CUDA {gpu.get('cuda')})" if gpu else " · no GPU")
         + (f" · TensorRT {env['tensorrt']}" if env.get("tensorrt") else ""),
         "",

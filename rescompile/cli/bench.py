@@ -53,7 +53,8 @@ def print_report(report) -> None:
     for w in report.warnings:
         out.print(f"[yellow]warning: {escape(w)}[/yellow]")
     env = report.environment
-    out.print(f"machine: {env['cpu']}, {env['cpu_cores']} cores, threads {env['threads'] or 'all'}"
+    out.print(f"machine: {env['cpu']} ({', '.join(env.get('cpu_flags') or []) or 'no AVX2/AVX-512/VNNI'}), {env['cpu_cores']} cores, "
+              f"threads {env['threads'] or 'all'}"
               + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU"))
     out.print(f"report: {report.files.get('markdown')}  plots: {report.files.get('latency_png')}, {report.files.get('speedup_png')}")
 
@@ -84,6 +85,9 @@ def bench(
     max_s: Annotated[float, typer.Option(min=0.0, help="Stop sampling after this long once --min-runs are in.")] = B.max_s,
     rounds: Annotated[int, typer.Option(min=1, help="Backends take turns this many times, in alternating order (samples pooled).")] = B.rounds,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Report folder [default: <bundle>/bench].")] = None,
+    peers: Annotated[str, typer.Option(
+        help="Other tools' INT8 of the same model, measured beside the CPU artifact: ort (ONNX Runtime quantize_static), or none.",
+    )] = ",".join(B.peers),
     json_out: Json = False,
 ) -> None:
     """Latency and accuracy of every backend a bundle can run here, against FP32 PyTorch eager."""
@@ -95,6 +99,7 @@ def bench(
         backends=tuple(x.strip() for x in backends.split(",") if x.strip()) if backends else None, channels_last=channels_last,
         compile=compile, eval_data=DataConfig(eval_data) if eval_data else None, max_eval_images=max_eval_images,
         warmup_s=warmup_s, min_runs=min_runs, max_s=max_s, rounds=rounds, output_dir=output_dir,
+        peers=tuple(p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"),
     )
     with StepProgress(enabled=not json_out) as progress:
         report = run_bench(cfg, on_progress=progress)

@@ -32,7 +32,7 @@ def report(bundle):
 
 def test_every_backend_at_every_batch_against_pytorch(report):
     keys = [b.key for b in report.backends]
-    assert keys == ["torch-fp32", "ort-fp32", "ort-int8"] and report.reference == "torch-fp32"
+    assert keys == ["torch-fp32", "ort-fp32", "ort-int8", "ort-int8-qstatic"] and report.reference == "torch-fp32"
     assert {(m.key, m.batch) for m in report.measurements} == {(k, b) for k in keys for b in (1, 4)}
     for m in report.measurements:
         assert m.stats.runs >= 5 and m.stats.warmup_runs >= 3 and len(m.stats.samples_ms) == m.stats.runs
@@ -43,7 +43,7 @@ def test_every_backend_at_every_batch_against_pytorch(report):
 
 def test_accuracy_of_every_backend(report):
     acc = {a.key: a for a in report.accuracy}
-    assert set(acc) == {"torch-fp32", "ort-fp32", "ort-int8"}
+    assert set(acc) == {"torch-fp32", "ort-fp32", "ort-int8", "ort-int8-qstatic"}
     assert acc["torch-fp32"].agreement == 1.0 and acc["torch-fp32"].images == 120
     assert acc["ort-fp32"].cosine > 0.99999 and acc["ort-int8"].agreement >= 0.97
     assert acc["torch-fp32"].top1 >= 0.95 and abs(acc["ort-int8"].top1 - acc["torch-fp32"].top1) <= 0.03
@@ -59,6 +59,23 @@ def test_files_verdict_and_environment(report, bundle):
     assert report.verdict in md and "| PyTorch FP32 eager |" in md and "Accuracy on 120 labelled images" in md
     assert files["latency_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and files["speedup_png"].parent == bundle / "bench"
     assert report.verdict.startswith("ONNX Runtime INT8 (CPU artifact) is ") and "than PyTorch FP32 eager at batch 1 with" in report.verdict
+    assert "than ONNX Runtime quantize_static (" in report.verdict  # the peer, on by default
+    assert set(data["environment"]["cpu_flags"]) <= {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}
+
+
+def test_the_peer_is_onnx_runtime_quantize_static_on_the_same_images(report, bundle):
+    import onnx
+
+    peer = report.backend("ort-int8-qstatic")
+    assert peer.comparison and peer.name == "ONNX Runtime INT8 (quantize_static)"
+    model = onnx.load(str(bundle / "bench" / "peer_ort_quantize_static.onnx"))
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 10  # quantized by ORT, QDQ format
+    assert any("peer: ONNX Runtime quantize_static" in w and "calibrated on 64 images of" in w and "digits" in w
+               and "not byte-identical" not in w for w in report.warnings)
+    none = run_bench(BenchConfig(bundle=bundle, batch_sizes=(1,), peers=(), output_dir=bundle.parent / "np", **FAST))
+    assert "ort-int8-qstatic" not in [b.key for b in none.backends]
+    with pytest.raises(ConfigError, match="unknown peer"):
+        run_bench(BenchConfig(bundle=bundle, batch_sizes=(1,), peers=("tvm",), **FAST))
 
 
 def test_plots_have_labelled_axes_and_one_line_per_backend(report):
@@ -67,7 +84,7 @@ def test_plots_have_labelled_axes_and_one_line_per_backend(report):
     assert ax.get_xlabel() == "batch size" and ax.get_ylabel() == "latency p50 (ms)"
     assert [line.get_label() for line in ax.get_lines()] == [b.name for b in report.backends]
     bars = speedup_figure(report).axes[0]
-    assert bars.get_ylabel().startswith("speed-up vs PyTorch FP32 eager") and len(bars.patches) == 3 * 2
+    assert bars.get_ylabel().startswith("speed-up vs PyTorch FP32 eager") and len(bars.patches) == 4 * 2
 
 
 def test_warning_when_int8_is_not_faster(report):
