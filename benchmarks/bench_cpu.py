@@ -33,7 +33,8 @@ def run(name: str, out: Path, threads: int, batch_sizes: tuple[int, ...]) -> dic
     from rescompile.bench import run_bench
     from rescompile.config import BenchConfig, BuildConfig, CalibConfig, DataConfig, Precision
     from rescompile.data.datasets import load_dataset
-    from rescompile.pipeline import build, default_model, default_model_path
+    from rescompile.models.default import embedded_default
+    from rescompile.pipeline import build
     from rescompile.bench.peers import ort_quantize_static
     from rescompile.stages.calibrate.qdq import has_vnni
     from rescompile.stages.calibrate.stage import sample
@@ -42,8 +43,7 @@ def run(name: str, out: Path, threads: int, batch_sizes: tuple[int, ...]) -> dic
     digits = load_dataset("digits")
     calib = CalibConfig(num_images=512, batch_size=16)
     if name == "resnet20":
-        default_model()  # trained once and cached
-        cfg = BuildConfig(source=str(default_model_path()), output_dir=bundle, calib=calib, bench=False)
+        cfg = BuildConfig(source=str(embedded_default().path), output_dir=bundle, calib=calib, bench=False)
     else:
         cfg = BuildConfig(source=name, num_classes=10, output_dir=bundle, precision=Precision.int8, calib=calib,
                           calib_data=DataConfig("digits"), bench=False)

@@ -607,8 +607,26 @@ def install(monkeypatch: Any, machine: Machine) -> Any:
     monkeypatch.setitem(sys.modules, "polygraphy.cuda", fake_cuda())
     gpu = nvidia.GpuInfo(machine.gpu_name, machine.compute_capability, jetson=machine.jetson)
     monkeypatch.setattr(nvidia, "find_gpu", lambda: gpu)
+    monkeypatch.setattr(_FORGET, "machine", machine)  # Polygraphy forgets tensorrt now, and again on undo
+    return trt
+
+
+def _forget_polygraphy_tensorrt() -> None:
+    """Polygraphy's lazy `trt` modules cache what they imported first: make them import again."""
     for name, module in list(sys.modules.items()):
         lazy = getattr(module, "trt", None) if name.startswith("polygraphy.") else None
         if type(lazy).__name__ == "LazyModule":
             object.__setattr__(lazy, "module", None)
-    return trt
+
+
+class _Forget:
+    """Setting an attribute (as monkeypatch does on install and on undo) resets Polygraphy's
+    tensorrt, so a machine with real TensorRT gets it back after a stand-in test."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _forget_polygraphy_tensorrt()
+        object.__setattr__(self, name, value)
+
+
+_FORGET = _Forget()
+object.__setattr__(_FORGET, "machine", None)
