@@ -29,6 +29,7 @@ class Backend:
     build_seconds: float | None = None  # engine build / torch.compile time, reported apart from latency
     max_batch: int | None = None
     comparison: bool = False  # not from the bundle (e.g. another tool's INT8 model): never the verdict's subject
+    about: str | None = None  # for a comparison: how it was made (shown with the environment)
     notes: list[str] = field(default_factory=list)
 
     def prepare(self, batch: np.ndarray) -> Callable[[], Any]:

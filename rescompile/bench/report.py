@@ -73,6 +73,7 @@ def markdown(report: BenchReport) -> str:
         f"{', '.join(env.get('cpu_flags') or []) or 'no AVX2/AVX-512/VNNI'})"
         + (f" · GPU: {gpu.get('name')} ({gpu.get('sm')}, driver {gpu.get('driver')}, CUDA {gpu.get('cuda')})" if gpu else " · no GPU")
         + (f" · TensorRT {env['tensorrt']}" if env.get("tensorrt") else ""),
+        *[f"\nPeer: {peer}" for peer in env.get("peers") or []],
         "",
         f"**{report.verdict}**",
         "",

@@ -220,13 +220,17 @@ def _peer_backends(manifest: Manifest, cfg: BenchConfig, chosen: list[Backend], 
     progress("quantize_static peer", 0, 1)
     out = Path(cfg.output_dir) if cfg.output_dir else manifest.dir / "bench"
     vnni = has_vnni()
-    path = ort_quantize_static(manifest.file("optimized_onnx"), out / "peer_ort_quantize_static.onnx", manifest.spec, images,
-                               reduce_range=not vnni)
+    try:
+        path = ort_quantize_static(manifest.file("optimized_onnx"), out / "peer_ort_quantize_static.onnx", manifest.spec, images,
+                                   reduce_range=not vnni)
+    except MissingDependencyError as exc:  # onnxruntime.quantization pulls in more than the runtime does
+        notes.append(f"ONNX Runtime quantize_static is not compared: its quantizer cannot be imported here ({exc.message})")
+        return []
     progress("quantize_static peer", 1, 1)
-    notes.append(f"peer: ONNX Runtime quantize_static (QDQ, U8S8, per channel, {'8' if vnni else '7'}-bit weights), {note}")
     peer = OrtBackend(ORT_PEER, "ONNX Runtime INT8 (quantize_static)", path, "int8", threads=cfg.threads,
                       providers=["CPUExecutionProvider"])
     peer.comparison = True
+    peer.about = f"ONNX Runtime quantize_static (QDQ, U8S8, per channel, {'8' if vnni else '7'}-bit weights), {note}"
     return [peer]
 
 
@@ -373,7 +377,11 @@ def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = N
     finally:
         for backend in backends:
             backend.close()
-    report = BenchReport(bundle, spec.arch, environment(cfg.threads), backends, measurements, accuracy, reference.key, "")
+    env = environment(cfg.threads)
+    peers = [b.about for b in backends if b.comparison and b.about]
+    if peers:
+        env["peers"] = peers
+    report = BenchReport(bundle, spec.arch, env, backends, measurements, accuracy, reference.key, "")
     report.verdict, report.warnings = verdict_and_warnings(report)
     if reference.key != "torch-fp32":
         notes.insert(0, f"ratios are against {reference.name}, not PyTorch FP32 eager")

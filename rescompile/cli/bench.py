@@ -56,6 +56,8 @@ def print_report(report) -> None:
     out.print(f"machine: {env['cpu']} ({', '.join(env.get('cpu_flags') or []) or 'no AVX2/AVX-512/VNNI'}), {env['cpu_cores']} cores, "
               f"threads {env['threads'] or 'all'}"
               + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU"))
+    for peer in env.get("peers") or []:
+        out.print(f"peer: {escape(peer)}")
     out.print(f"report: {report.files.get('markdown')}  plots: {report.files.get('latency_png')}, {report.files.get('speedup_png')}")
 
 

@@ -70,8 +70,11 @@ def test_the_peer_is_onnx_runtime_quantize_static_on_the_same_images(report, bun
     assert peer.comparison and peer.name == "ONNX Runtime INT8 (quantize_static)"
     model = onnx.load(str(bundle / "bench" / "peer_ort_quantize_static.onnx"))
     assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 10  # quantized by ORT, QDQ format
-    assert any("peer: ONNX Runtime quantize_static" in w and "calibrated on 64 images of" in w and "digits" in w
-               and "not byte-identical" not in w for w in report.warnings)
+    (about,) = report.environment["peers"]
+    assert about.startswith("ONNX Runtime quantize_static (QDQ, U8S8") and "calibrated on 64 images of" in about
+    assert "digits" in about and "not byte-identical" not in about
+    assert not any("quantize_static (QDQ" in w for w in report.warnings)  # a description, not a warning
+    assert f"Peer: {about}" in report.files["markdown"].read_text()
     none = run_bench(BenchConfig(bundle=bundle, batch_sizes=(1,), peers=(), output_dir=bundle.parent / "np", **FAST))
     assert "ort-int8-qstatic" not in [b.key for b in none.backends]
     with pytest.raises(ConfigError, match="unknown peer"):
