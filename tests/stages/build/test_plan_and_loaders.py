@@ -163,7 +163,10 @@ def test_stand_in_objects_are_as_strict_as_pybind(monkeypatch):
     assert not hasattr(eleven.IBuilderConfig, "set_calibration_profile")
 
 
-def test_building_without_tensorrt_is_a_clear_error():
+def test_building_without_tensorrt_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # absent, also on a machine that has it
     chain = loader_chain(plan(Precision.fp32, "10.3.0"))
     with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
         build_engine_bytes(chain)
