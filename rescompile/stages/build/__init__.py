@@ -90,6 +90,11 @@ def timing_cache_record(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def _timing_record(plan: EnginePlan, gpu: nvidia.GpuInfo | None) -> dict[str, Any]:
+    return {"tensorrt_version": plan.trt_version, "gpu": gpu.name if gpu else None,
+            "compute_capability": gpu.compute_capability if gpu else None}
+
+
 def _timing_cache_usable(plan: EnginePlan, gpu: nvidia.GpuInfo | None) -> bool:
     """A timing cache holds tactic timings of one GPU under one TensorRT: another machine's is not
     loaded (TensorRT reports the mismatch, Polygraphy carries on and would merge it and write it
@@ -104,8 +109,7 @@ def _timing_cache_usable(plan: EnginePlan, gpu: nvidia.GpuInfo | None) -> bool:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         record = {}
-    here = {"tensorrt_version": plan.trt_version, "gpu": gpu.name if gpu else None,
-            "compute_capability": gpu.compute_capability if gpu else None}
+    here = _timing_record(plan, gpu)
     made = {k: record.get(k) for k in here}
     if made != here:
         log.warning(
@@ -144,10 +148,7 @@ def engine_from_onnx(
         log.warning("could not read the engine's layer information: %s", exc)
     timing = plan.timing_cache if plan.timing_cache is not None and Path(plan.timing_cache).exists() else None
     if timing is not None:
-        write_json_atomic(timing_cache_record(Path(timing)), {
-            "tensorrt_version": plan.trt_version, "gpu": gpu.name if gpu else None,
-            "compute_capability": gpu.compute_capability if gpu else None,
-        })
+        write_json_atomic(timing_cache_record(Path(timing)), _timing_record(plan, gpu))
     return EngineResult(path, plan, seconds, len(data), report, layers_path, timing)
 
 

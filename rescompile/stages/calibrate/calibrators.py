@@ -98,13 +98,6 @@ def entropy_bin(hist: np.ndarray, start: int = QUANT_LEVELS, stride: int = 1) ->
 ENTROPY_FLOOR_PERCENTILE = 99.99
 
 
-def clipped_share(hist: np.ndarray, threshold_bin: int) -> float:
-    """The share of the nonzero mass beyond ``threshold_bin``."""
-    h = np.asarray(hist, dtype=np.float64)[1:]
-    total = h.sum()
-    return float(h[max(threshold_bin - 1, 0):].sum() / total) if total > 0 else 0.0
-
-
 def amax_kl(s: TensorStats) -> float:
     """The plain EntropyCalibration2 threshold (what TensorRT's own calibrator would choose)."""
     hist = s.hist.astype(np.float64)
