@@ -20,6 +20,17 @@ def test_load_by_name_gives_default_spec():
     assert m.spec.input_size == 224 and m.spec.preprocessing.resize == 256 and m.spec.num_classes == 5
 
 
+def test_a_named_architecture_gets_the_same_weights_every_time_and_leaves_the_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a, b = load_model("resnet20").module.state_dict(), load_model("resnet20").module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # two builds of `resnet20` are one model
+    assert torch.equal(torch.rand(3), before)  # the caller's random stream is where it was
+    c = create_model("resnet20", 10).state_dict()  # training's own initialisation is not fixed by it
+    assert not torch.equal(c["fc.weight"], a["fc.weight"])
+
+
 def test_load_rescompile_checkpoint_restores_weights_and_spec(trained):
     m = load_model(trained.checkpoint)
     assert m.kind == "checkpoint" and m.spec == trained.spec
