@@ -212,6 +212,8 @@ def _write_bundle(
             "qdq_onnx": calibration.qdq_path, "cpu_int8_onnx": calibration.cpu_path, "calibration_cache": calibration.cache_path,
             "scales": calibration.scales_path, "accuracy": calibration.accuracy_path,
         })
+        if calibration.pixels_path is not None:
+            files["cpu_int8_pixels_onnx"] = calibration.pixels_path
     if config.precision == Precision.fp16:
         files["fp16_onnx"] = write_fp16(optimized.path, work / FP16_ONNX)
 

@@ -190,6 +190,8 @@ def build(
         table.add_row("INT8 Q/DQ ONNX", cal.qdq_path.name, "TensorRT 10/11 explicit quantization")
         table.add_row("calibration cache", cal.cache_path.name, f"TensorRT {config.calib.trt_version} implicit INT8 (JetPack)")
         table.add_row("CPU INT8 ONNX", cal.cpu_path.name, "ONNX Runtime, uint8 activations")
+        if cal.pixels_path is not None:
+            table.add_row("CPU INT8 ONNX, pixels in", cal.pixels_path.name, "uint8 RGB pixels in, normalisation folded in (classify, predict)")
         table.add_row("scales.json", cal.scales_path.name, f"{cal.method}, {cal.images} images")
     if "fp16_onnx" in result.files:
         table.add_row("FP16 ONNX", result.files["fp16_onnx"].name, "TensorRT 11 strongly typed FP16")

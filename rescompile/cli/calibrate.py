@@ -55,6 +55,8 @@ def accuracy_table(acc: dict, title: str) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     rows = [("FP32", "ORT", acc["fp32"]), ("INT8 Q/DQ TensorRT", "reference Q/DQ", acc["int8_tensorrt_reference"]),
             ("INT8 CPU artifact", "ORT", acc["int8_cpu_onnxruntime"])]
+    if acc.get("int8_cpu_pixels_onnxruntime"):
+        rows.append(("INT8 CPU artifact, pixels in", "ORT", acc["int8_cpu_pixels_onnxruntime"]))
     for name, runtime, r in rows:
         top1 = "-" if r["top1"] is None else f"{r['top1']:.2%}"
         drop = "-" if r.get("drop_points") is None else f"{r['drop_points']:+.2f}"
@@ -167,7 +169,8 @@ def calibrate(
             "method": cal.method, "percentile": cal.percentile, "images": cal.images, "accuracy": cal.accuracy,
             "auto_candidates": cal.candidates, "sensitivity": cal.sensitivity, "float_layers": cal.float_layers, "lint": cal.lint,
             "safety_net": cal.safety, "tensors": cal.tensors,
-            "files": {k: str(getattr(cal, k)) for k in ("qdq_path", "cpu_path", "cache_path", "scales_path", "accuracy_path")},
+            "files": {k: str(getattr(cal, k)) for k in ("qdq_path", "cpu_path", "pixels_path", "cache_path", "scales_path", "accuracy_path")
+                      if getattr(cal, k) is not None},
         })
         return
     for note in (*(loaded.intake.notes if loaded.intake else ()), *inputs.notes):  # how the model and data were read

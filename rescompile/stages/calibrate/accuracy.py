@@ -88,6 +88,20 @@ class Evaluator:
     def __call__(self, model: onnx.ModelProto, *, reference: bool = True) -> Agreement:
         return compare(self._logits(session(model, reference=reference)), self.fp32_logits, self.labels)
 
+    def pixels(self, model: onnx.ModelProto) -> Agreement | None:
+        """A pixel-input artifact (uint8 pixels in) as deployed, on the same images; None when the
+        evaluation data are model-ready tensors rather than images."""
+        sess = session(model, reference=False)
+        name = sess.get_inputs()[0].name
+        outs = []
+        try:
+            for start in range(0, len(self.images), self.batch_size):
+                idx = range(start, min(start + self.batch_size, len(self.images)))
+                outs.append(sess.run(None, {name: self.prep.pixels(self.images.images(idx))})[0])
+        except DataError:
+            return None
+        return compare(np.concatenate(outs), self.fp32_logits, self.labels)
+
 
 def drop_points(fp32: Agreement, other: Agreement) -> float | None:
     """Top-1 drop in percentage points (positive = INT8 is worse)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,17 @@ from rescompile.stages.calibrate.calibrators import compute_amax
 from rescompile.stages.calibrate.safety import Verdict, safety_net, tensor_report
 from rescompile.stages.calibrate.collect import TensorStats, activation_tensors, collect_statistics
 from rescompile.stages.calibrate.lint import lint_qdq
+from rescompile.stages.calibrate.pixels import pixel_input_model
 from rescompile.stages.calibrate.qdq import has_vnni, qdq_for_cpu, qdq_for_tensorrt, quantizable_layers, required_tensors
 
 log = logging.getLogger(__name__)
 
 QDQ_ONNX = "model_int8_qdq.onnx"
 CPU_ONNX = "model_int8_cpu.onnx"
+CPU_PIXELS_ONNX = "model_int8_cpu_pixels.onnx"
+# The pixel-input artifact is kept when it agrees with FP32 as well as the float-input one does,
+# give or take this much (its only difference is the padding border of the first conv).
+PIXELS_AGREEMENT_SLACK = 0.005
 CACHE = "calibration.cache"
 SCALES = "scales.json"
 ACCURACY = "accuracy.json"
@@ -59,6 +64,7 @@ class CalibrationResult:
     provenance: dict[str, Any] = field(default_factory=dict)  # as written to scales.json
     safety: dict[str, Any] = field(default_factory=dict)  # what the safety net judged and changed
     tensors: list[dict[str, Any]] = field(default_factory=list)  # per-tensor evidence (safety.tensor_report)
+    pixels_path: Path | None = None  # the CPU artifact that takes uint8 pixels (None: not made, see accuracy)
 
 
 def input_range(model: onnx.ModelProto, spec: ModelSpec) -> dict[str, float]:
@@ -272,13 +278,16 @@ def calibrate(
     cpu = qdq_for_cpu(fp32, amax, tmin, reduce_range=reduce_range, float_layers=float_layers)
     lint = lint_qdq(qdq, float_layers=float_layers)
 
+    pixels = pixel_input_model(cpu, fp32, spec.preprocessing, reduce_range=reduce_range)
     accuracy: dict[str, Any] = {"evaluated": evaluate is not None}
     if evaluate is not None:
-        progress("accuracy check", 0, 2)
+        progress("accuracy check", 0, 3)
         trt_ref = evaluate(qdq, reference=True)
-        progress("accuracy check", 1, 2)
+        progress("accuracy check", 1, 3)
         cpu_score = evaluate(cpu, reference=False)
-        progress("accuracy check", 2, 2)
+        progress("accuracy check", 2, 3)
+        pix_score = evaluate.pixels(pixels.model) if pixels.model is not None else None
+        progress("accuracy check", 3, 3)
         accuracy.update({
             "images": evaluate.fp32.images,
             "fp32": evaluate.fp32.to_dict(),
@@ -287,6 +296,15 @@ def calibrate(
             "note": "TensorRT Q/DQ model under reference Q/DQ semantics (ONNX Runtime, optimizations off); "
             "CPU artifact as deployed (ONNX Runtime, optimizations on)",
         })
+        if pix_score is not None:
+            accuracy["int8_cpu_pixels_onnxruntime"] = {**pix_score.to_dict(), "drop_points": drop_points(evaluate.fp32, pix_score)}
+            if pix_score.top1_agreement < cpu_score.top1_agreement - PIXELS_AGREEMENT_SLACK:
+                pixels = replace(pixels, model=None, reason=f"it agrees with FP32 on {pix_score.top1_agreement:.2%} of the images, "
+                                 f"the float-input CPU artifact on {cpu_score.top1_agreement:.2%}")
+    if pixels.model is None:
+        log.info("no pixel-input CPU artifact: %s", pixels.reason)
+    accuracy["cpu_pixels"] = {"written": pixels.model is not None, "reason": pixels.reason or None,
+                              "zero_point": pixels.zero_point, "border_offset": pixels.border_offset}
     algorithm = config.cache_algorithm or ("MinMaxCalibration" if method == "max" else "EntropyCalibration2")
     cache_path = write_cache(out_dir / CACHE, {t: a / 127.0 for t, a in amax.items()}, version=config.trt_version, algorithm=algorithm)
     scales_doc = {
@@ -305,6 +323,7 @@ def calibrate(
         write_json_atomic(out_dir / SCALES, scales_doc), out_dir / ACCURACY,
         method, pct, int(provenance.get("images", 0)), amax, accuracy, candidates, ranking, float_layers, lint.to_dict(),
         config.trt_version, provenance, safety, report,
+        pixels_path=_save(pixels.model, out_dir / CPU_PIXELS_ONNX) if pixels.model is not None else None,
     )
     write_json_atomic(result.accuracy_path, {"method": method, "percentile": pct, "accuracy": accuracy, "auto_candidates": candidates,
                                              "sensitivity": ranking, "float_layers": float_layers, "lint": result.lint,
