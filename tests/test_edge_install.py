@@ -96,7 +96,7 @@ def test_predict_runs_the_cpu_artifact_without_pytorch(bundle, image, edge_home)
     res = cli_blocked(NO_COMPILE, "predict", image, "--bundle", bundle, "--json", home=edge_home)
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["runner"].startswith("onnxruntime on model_int8_cpu.onnx")
+    assert data["runner"] == "onnxruntime on model_int8_cpu_pixels.onnx (uint8 pixels in)"  # no numpy normalisation either
     assert data["predictions"][0]["top"][0]["label"] == "7"
 
 

@@ -61,7 +61,8 @@ def predict(
         raise ConfigError(f"no bundle at {source}", "Run `rescompile build` first, or pass --bundle DIR")
     with runtime.load(source, backend=backend, threads=threads) as runner:
         results = [(f, runner.classify(f, top_k=top_k)) for f in files]
-        used = f"{runner.backend} on {Path(str(runner.source)).name}"
+        pixels = getattr(runner, "pixels_source", None)  # classify ran the pixel-input artifact
+        used = f"{runner.backend} on {Path(pixels).name} (uint8 pixels in)" if pixels else f"{runner.backend} on {Path(str(runner.source)).name}"
     if json_out:
         print_json({
             "runner": used,

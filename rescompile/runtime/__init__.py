@@ -33,6 +33,7 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 ONNX_SUFFIXES = (".onnx",)
 # ONNX files to run on CPU when a bundle names no cpu_artifact (format 1), best first.
 CPU_FALLBACK_ROLES = ("cpu_int8_onnx", "optimized_onnx", "fp32_onnx")
+PIXELS_ROLE = "cpu_int8_pixels_onnx"
 
 _RUNNERS = {
     "OnnxRuntimeRunner": "rescompile.runtime.onnxruntime",
@@ -62,6 +63,7 @@ def load(
     device: str | None = None,
     verify_files: bool = True,
     allow_host_code: bool | None = None,
+    pixels: bool | None = None,
 ) -> Runner:
     """A runner for ``path``: a bundle directory (or its manifest.json), a TensorRT engine
     (.engine/.plan), an ONNX file, a checkpoint/TorchScript file, or an architecture name.
@@ -72,14 +74,16 @@ def load(
     to PyTorch. ``verify_files`` checks the sha256 of the bundle file that will run.
     ``allow_host_code`` lets TensorRT run the lean runtime a version-compatible engine carries
     (code stored in the plan: only for engines you trust); None allows it when the bundle's
-    manifest says the engine was built version-compatible.
+    manifest says the engine was built version-compatible. ``pixels``: on ONNX Runtime, classify
+    (and infer_pixels) run the bundle's pixel-input CPU artifact, which takes uint8 pixels with the
+    normalisation folded in; None uses it when the bundle has one, False never, True requires it.
     """
     if backend is not None and backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}", f"Use one of: {', '.join(BACKENDS)}, or None to choose")
     text = os.fspath(path)
     p = expand_user(text)
     if p.is_dir() or (p.name == MANIFEST and p.is_file()):
-        return _load_bundle(read_manifest(p), backend, providers, threads, verify_files, allow_host_code)
+        return _load_bundle(read_manifest(p), backend, providers, threads, verify_files, allow_host_code, pixels)
     suffix = p.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
         _require_backend(backend, "tensorrt", f"{p} is a TensorRT engine")
@@ -134,7 +138,7 @@ def _checked(manifest: Manifest, relative: str, what: str, verify_files: bool) -
     return manifest.file(role)
 
 
-def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, allow_host_code=None) -> Runner:
+def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, allow_host_code=None, pixels=None) -> Runner:
     if backend == "torch":
         model = manifest.doc.get("model")
         source = model.get("source") if isinstance(model, dict) else None
@@ -168,8 +172,19 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
             "Install it with: pip install 'rescompile[ort]', or run the bundle where TensorRT and an NVIDIA GPU are",
         )
     onnx_path, what = _cpu_file(manifest, verify_files)
+    pixels_path = None
+    if pixels is not False and manifest.has(PIXELS_ROLE) and manifest.has("cpu_int8_onnx") and onnx_path == manifest.file("cpu_int8_onnx"):
+        if verify_files:
+            verify(manifest, [PIXELS_ROLE])
+        pixels_path = manifest.file(PIXELS_ROLE)
+        what += f", and {pixels_path.name} for uint8 pixels (classify)"
+    elif pixels:
+        raise BundleError(f"bundle {manifest.dir} has no pixel-input CPU artifact ({PIXELS_ROLE})",
+                          "Rebuild it with this rescompile (its accuracy.json says why one was not written), or pass pixels=None")
     _chosen("onnxruntime", onnx_path, f"{why}; running {what}")
-    return _onnxruntime_runner(onnx_path, manifest.spec, providers, threads)
+    from rescompile.runtime.onnxruntime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(onnx_path, spec=manifest.spec, providers=providers, threads=threads, pixels_path=pixels_path)
 
 
 def _auto_backend(manifest: Manifest) -> tuple[str, str]:

@@ -122,6 +122,33 @@ class Runner:
             )
         return np.ascontiguousarray(batch, dtype=np.float32)
 
+    def infer_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 RGB pixels (N, H, W, 3) at the model's input size -> float32 logits (N, classes).
+
+        The model's normalisation is applied here, or, for a runner on a pixel-input artifact,
+        is folded into the model (nothing is converted to float in numpy)."""
+        if self._closed:
+            raise RunnerError(f"{self.backend} runner for {self.source} is closed", "Load the model again")
+        return np.asarray(self._run_pixels(self.check_pixels(pixels)), dtype=np.float32)
+
+    def check_pixels(self, pixels: Any) -> np.ndarray:
+        """The pixels as a C-contiguous uint8 (N, H, W, 3) array, or a RunnerError saying what is wrong."""
+        if self.spec is None:
+            raise RunnerError(
+                f"{self.source} carries no model spec, so its preprocessing is unknown",
+                "Use infer() on a preprocessed batch, or load a bundle or an ONNX file exported by rescompile",
+            )
+        size = self.spec.preprocessing.input_size
+        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+            got = type(pixels).__name__ if not isinstance(pixels, np.ndarray) else str(pixels.dtype)
+            raise RunnerError(f"infer_pixels() takes a uint8 array, got {got}", "Pass uint8 RGB pixels (N, H, W, 3); infer() takes float")
+        if pixels.ndim != 4 or pixels.shape[3] != 3 or pixels.shape[1:3] != (size, size) or pixels.shape[0] == 0:
+            raise RunnerError(
+                f"infer_pixels() takes N x {size} x {size} x 3 RGB pixels, got shape {pixels.shape}",
+                "Resize and crop with runner.spec.preprocessing.pixels(images), or use classify()",
+            )
+        return np.ascontiguousarray(pixels)
+
     def classify(self, image: Any, top_k: int = 5) -> list[Prediction]:
         """Top-``top_k`` predictions for one image (HxWx3 uint8 array, PIL image or file path),
         preprocessed exactly as the model's spec says; probabilities are a softmax of the logits."""
@@ -132,8 +159,7 @@ class Runner:
             )
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise RunnerError(f"top_k must be a positive integer, got {top_k!r}", "Pass top_k=1 or more")
-        batch = self.spec.preprocessing(read_image(image))
-        logits = self.infer(batch)[0].astype(np.float64)
+        logits = self.infer_pixels(self.spec.preprocessing.pixels(read_image(image)))[0].astype(np.float64)
         if self.spec.options.get("output") == "probabilities":  # the model ends in its own Softmax
             probs = np.clip(logits, 0.0, None) / max(float(np.clip(logits, 0.0, None).sum()), 1e-12)
         else:
@@ -145,6 +171,9 @@ class Runner:
     # -- for subclasses -----------------------------------------------------------------
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _run_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run(self.check_batch(self.spec.preprocessing.normalize(pixels)))
 
     def _release(self) -> None:
         raise NotImplementedError

@@ -63,13 +63,35 @@ def test_predict_classifies_digits(default_bundle, digit_pngs, monkeypatch):
     res = invoke("predict", digit_pngs, "--json", "--top-k", "2")  # the default bundle, a folder of images
     assert res.exit_code == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["runner"] == "onnxruntime on model_int8_cpu.onnx"
+    assert data["runner"] == "onnxruntime on model_int8_cpu_pixels.onnx (uint8 pixels in)"
     preds = data["predictions"]
     assert len(preds) == 60 and all(len(p["top"]) == 2 for p in preds)
     right = sum(p["top"][0]["label"] == Path(p["image"]).stem.split("label")[1] for p in preds)
     assert right >= 57  # the INT8 model keeps the FP32 model's ~99%
     table = invoke("predict", *sorted(digit_pngs.iterdir())[:3], "--bundle", default_bundle)
     assert table.exit_code == 0 and "predictions (onnxruntime" in table.stdout
+
+
+def test_classify_runs_the_pixel_artifact_and_agrees_with_the_float_one(default_bundle, digit_pngs):
+    from rescompile import runtime
+    from rescompile.runtime.base import read_image
+
+    m = read_manifest(default_bundle)
+    assert "cpu_int8_pixels_onnx" in m.files  # written by the build, listed and hashed like every artifact
+    acc = json.loads((default_bundle / "accuracy.json").read_text())["accuracy"]
+    pix, flt = acc["int8_cpu_pixels_onnxruntime"], acc["int8_cpu_onnxruntime"]
+    assert pix["drop_points"] <= 0.0 and pix["top1_agreement"] >= 0.995  # measured at build time on the test split
+    assert abs(pix["top1_agreement"] - flt["top1_agreement"]) <= 0.005
+    files = sorted(digit_pngs.iterdir())
+    with runtime.load(default_bundle) as fast, runtime.load(default_bundle, pixels=False) as plain:
+        assert fast.takes_pixels and fast.pixels_source.endswith("model_int8_cpu_pixels.onnx") and not plain.takes_pixels
+        images = [read_image(f) for f in files]
+        pixels = fast.spec.preprocessing.pixels(images)
+        a, b = fast.infer_pixels(pixels), plain.infer(fast.spec.preprocessing(images))
+        assert (a.argmax(1) == b.argmax(1)).mean() >= 59 / 60
+        assert np.abs(a - b).max() <= 0.1 * np.abs(b).max()
+        assert fast.infer(fast.spec.preprocessing(images[:2])).shape == (2, 10)  # float input still works (its session opens on demand)
+        assert [p.index for p in fast.classify(files[0], top_k=3)] == [int(i) for i in np.argsort(-a[0])[:3]]
 
 
 def test_predict_bad_inputs(default_bundle, tmp_path):
