@@ -31,9 +31,15 @@ class Backend:
     comparison: bool = False  # not from the bundle (e.g. another tool's INT8 model): never the verdict's subject
     about: str | None = None  # for a comparison: how it was made (shown with the environment)
     notes: list[str] = field(default_factory=list)
+    takes_pixels: bool = False  # a pixel-input artifact: uint8 (N, H, W, 3) in, normalisation folded in
 
     def prepare(self, batch: np.ndarray) -> Callable[[], Any]:
         raise NotImplementedError
+
+    def prepare_pixels(self, pixels: np.ndarray, prep: Any) -> Callable[[], Any]:
+        """One inference from uint8 pixels, as an app holding camera frames runs it: a float-input
+        backend normalises them (rescompile's numpy preprocessing) inside the timed call."""
+        return lambda: self.logits(prep.normalize(pixels))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -102,9 +108,17 @@ class OrtBackend(Backend):
             so.intra_op_num_threads = threads
         self._ort = ort
         self._session = ort.InferenceSession(str(path), so, providers=providers)
-        self._input = self._session.get_inputs()[0].name
+        first = self._session.get_inputs()[0]
+        self._input = first.name
         self._output = self._session.get_outputs()[0].name
         self._cuda = cuda
+        self.takes_pixels = first.type == "tensor(uint8)"
+
+    def prepare_pixels(self, pixels: np.ndarray, prep: Any) -> Callable[[], Any]:
+        if not self.takes_pixels or self._cuda:
+            return super().prepare_pixels(pixels, prep)
+        session, feed, out = self._session, {self._input: np.ascontiguousarray(pixels)}, [self._output]
+        return lambda: session.run(out, feed)
 
     def prepare(self, batch: np.ndarray) -> Callable[[], Any]:
         session, x = self._session, np.ascontiguousarray(batch, dtype=np.float32)
@@ -123,7 +137,9 @@ class OrtBackend(Backend):
         return run
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run([self._output], {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        """Logits of a float batch, or of uint8 pixels for a pixel-input artifact."""
+        x = np.ascontiguousarray(batch, dtype=np.uint8 if self.takes_pixels else np.float32)
+        return self._session.run([self._output], {self._input: x})[0]
 
 
 class TrtBackend(Backend):

@@ -39,10 +39,11 @@ def cpu_flags() -> list[str]:
 
 def environment(threads: int | None) -> dict[str, Any]:
     gpu = nvidia.find_gpu()
+    mask = os.environ.get("RESCOMPILE_CPU_MASK")  # set by benchmarks/without_vnni.py: the flags are hidden, not absent
     return {
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "cpu_flags": cpu_flags(),
+        "cpu_flags": cpu_flags() + ([mask] if mask else []),
         "threads": threads,
         "platform": platform.platform(),
         "gpu": gpu.to_dict() if gpu else None,

@@ -38,11 +38,15 @@ def verdict_and_warnings(report: BenchReport) -> tuple[str, list[str]]:
     word = "faster" if speed >= 1 else "slower"
     ratio = speed if speed >= 1 else 1 / speed
     verdict = f"{best.name} is {ratio:.1f}x {word} than {ref.name} at batch {batch} with {_points(report, best.key)}"
-    artifact, peer = at.get("ort-int8"), at.get("ort-int8-qstatic")
+    art_key = "ort-int8-pixels" if "ort-int8-pixels" in at else "ort-int8"
+    artifact, peer = at.get(art_key), at.get("ort-int8-qstatic")
     if artifact is not None and peer is not None:
         r = peer.stats.p50 / artifact.stats.p50
-        verdict += (f"; the CPU artifact is {r if r >= 1 else 1 / r:.2f}x {'faster' if r >= 1 else 'slower'} than ONNX Runtime "
-                    f"quantize_static ({_points(report, 'ort-int8')} vs {_points(report, 'ort-int8-qstatic')})")
+        what = "the pixel-input CPU artifact" if art_key == "ort-int8-pixels" else "the CPU artifact"
+        verdict += (f"; {what} is {r if r >= 1 else 1 / r:.2f}x {'faster' if r >= 1 else 'slower'} than ONNX Runtime "
+                    f"quantize_static ({_points(report, art_key)} vs {_points(report, 'ort-int8-qstatic')})")
+        if "input" in report.environment:
+            verdict += ", both from uint8 pixels"
         if r < 1:
             warnings.append(f"the CPU artifact is slower than ONNX Runtime quantize_static at batch {batch} "
                             f"({artifact.stats.p50:.2f} vs {peer.stats.p50:.2f} ms p50)")
@@ -74,6 +78,7 @@ def markdown(report: BenchReport) -> str:
         + (f" · GPU: {gpu.get('name')} ({gpu.get('sm')}, driver {gpu.get('driver')}, CUDA {gpu.get('cuda')})" if gpu else " · no GPU")
         + (f" · TensorRT {env['tensorrt']}" if env.get("tensorrt") else ""),
         *[f"\nPeer: {peer}" for peer in env.get("peers") or []],
+        *([f"\nInput: {env['input']}"] if env.get("input") else []),
         "",
         f"**{report.verdict}**",
         "",

@@ -20,7 +20,7 @@ from rescompile.bench.env import PowerSampler, environment
 from rescompile.bench.timing import TimingBudget, TimingStats, measure
 from rescompile.bundle import Manifest, read_manifest
 from rescompile.config import BenchConfig, DataConfig, default_bundle_dir
-from rescompile.errors import ConfigError, MissingDependencyError
+from rescompile.errors import ConfigError, DataError, MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,9 @@ def _ort_backends(manifest: Manifest, cfg: BenchConfig, device: str, want: Calla
     if manifest.has("cpu_int8_onnx") and want("ort-int8"):
         out.append(OrtBackend("ort-int8", "ONNX Runtime INT8 (CPU artifact)", manifest.file("cpu_int8_onnx"), "int8",
                               threads=cfg.threads, providers=cpu))
+    if cfg.from_pixels and manifest.has("cpu_int8_pixels_onnx") and want("ort-int8-pixels"):
+        out.append(OrtBackend("ort-int8-pixels", "ONNX Runtime INT8 (CPU artifact, pixels in)", manifest.file("cpu_int8_pixels_onnx"),
+                              "int8", threads=cfg.threads, providers=cpu))
     for key, name, path in cfg.extra_onnx:
         extra = OrtBackend(key, name, Path(path), "int8" if "int8" in key else "fp32", threads=cfg.threads, providers=cpu)
         extra.comparison = True
@@ -288,10 +291,25 @@ def _timing_input(images, spec, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, *spec.input_shape)).astype(np.float32)
 
 
+def _timing_pixels(images, spec, batch: int, seed: int = 0) -> np.ndarray:
+    """uint8 RGB pixels at the input size: real images when there are any, else fixed random pixels."""
+    size = spec.preprocessing.input_size
+    if images is not None and len(images):
+        try:
+            return spec.preprocessing.pixels(images.images(np.arange(batch) % len(images)))
+        except DataError as exc:
+            raise ConfigError(f"--from-pixels needs images, and the evaluation data are model-ready tensors ({exc.message})",
+                              "Pass --eval-data with images, or drop --from-pixels") from exc
+    return np.random.default_rng(seed).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
+
 def _logits(backend: Backend, images, spec, batch: int) -> np.ndarray:
     from rescompile.data.images import iter_batches
 
     step = min(batch, backend.max_batch or batch)
+    if backend.takes_pixels:
+        return np.concatenate([backend.logits(spec.preprocessing.pixels(images.images(range(i, min(i + step, len(images))))))
+                               for i in range(0, len(images), step)])
     return np.concatenate([backend.logits(x) for x, _ in iter_batches(images, spec.preprocessing, step)])
 
 
@@ -341,7 +359,9 @@ def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = N
                         continue
                     try:
                         with PowerSampler() as power:
-                            stats = measure(backend.prepare(_timing_input(images, spec, batch)), batch, round_budget)
+                            fn = (backend.prepare_pixels(_timing_pixels(images, spec, batch), spec.preprocessing) if cfg.from_pixels
+                                  else backend.prepare(_timing_input(images, spec, batch)))
+                            stats = measure(fn, batch, round_budget)
                     except (RuntimeError, MemoryError) as exc:  # out of memory at a large batch: what fits
                         skipped[key] = str(exc).splitlines()[0][:120]
                         continue
@@ -378,6 +398,8 @@ def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = N
         for backend in backends:
             backend.close()
     env = environment(cfg.threads)
+    if cfg.from_pixels:
+        env["input"] = "uint8 pixels: float-input backends normalise them inside the timed call"
     peers = [b.about for b in backends if b.comparison and b.about]
     if peers:
         env["peers"] = peers

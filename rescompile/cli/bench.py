@@ -58,6 +58,8 @@ def print_report(report) -> None:
               + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU"))
     for peer in env.get("peers") or []:
         out.print(f"peer: {escape(peer)}")
+    if env.get("input"):
+        out.print(f"input: {escape(env['input'])}")
     out.print(f"report: {report.files.get('markdown')}  plots: {report.files.get('latency_png')}, {report.files.get('speedup_png')}")
 
 
@@ -66,7 +68,8 @@ def print_report(report) -> None:
         "Examples:\n\n"
         "  rescompile bench                                  (the default build's bundle)\n\n"
         "  rescompile bench out/resnet18 --batch-sizes 1,8,32 --threads 2\n\n"
-        "  rescompile bench out/resnet18 --channels-last --compile --json > bench.json"
+        "  rescompile bench out/resnet18 --channels-last --compile --json > bench.json\n\n"
+        "  rescompile bench out/resnet18 --from-pixels --batch-sizes 1        (as an app holding uint8 frames sees it)"
     )
 )
 @guarded
@@ -90,6 +93,10 @@ def bench(
     peers: Annotated[str, typer.Option(
         help="Other tools' INT8 of the same model, measured beside the CPU artifact: ort (ONNX Runtime quantize_static), or none.",
     )] = ",".join(B.peers),
+    from_pixels: Annotated[bool, typer.Option(
+        "--from-pixels", help="Time every backend from uint8 pixels (float-input ones normalise them inside the timed call) and add "
+        "the pixel-input CPU artifact: latency as an app holding camera frames sees it.",
+    )] = False,
     json_out: Json = False,
 ) -> None:
     """Latency and accuracy of every backend a bundle can run here, against FP32 PyTorch eager."""
@@ -101,7 +108,7 @@ def bench(
         backends=tuple(x.strip() for x in backends.split(",") if x.strip()) if backends else None, channels_last=channels_last,
         compile=compile, eval_data=DataConfig(eval_data) if eval_data else None, max_eval_images=max_eval_images,
         warmup_s=warmup_s, min_runs=min_runs, max_s=max_s, rounds=rounds, output_dir=output_dir,
-        peers=tuple(p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"),
+        peers=tuple(p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none"), from_pixels=from_pixels,
     )
     with StepProgress(enabled=not json_out) as progress:
         report = run_bench(cfg, on_progress=progress)

@@ -81,6 +81,37 @@ def test_the_peer_is_onnx_runtime_quantize_static_on_the_same_images(report, bun
         run_bench(BenchConfig(bundle=bundle, batch_sizes=(1,), peers=("tvm",), **FAST))
 
 
+def test_from_pixels_times_every_backend_from_uint8_and_adds_the_pixel_artifact(bundle, monkeypatch):
+    import numpy as np
+
+    from rescompile.data.preprocess import Preprocessing
+
+    normalised = []
+    plain = Preprocessing.normalize
+
+    def counting(self, batch):
+        normalised.append(np.asarray(batch).shape)
+        return plain(self, batch)
+
+    monkeypatch.setattr(Preprocessing, "normalize", counting)
+    rep = run_bench(BenchConfig(bundle=bundle, batch_sizes=(1,), threads=1, from_pixels=True, output_dir=bundle.parent / "px", **FAST))
+    keys = [b.key for b in rep.backends]
+    assert keys == ["torch-fp32", "ort-fp32", "ort-int8", "ort-int8-pixels", "ort-int8-qstatic"]
+    assert rep.backend("ort-int8-pixels").takes_pixels and not rep.backend("ort-int8").takes_pixels
+    # Every float-input backend normalised the same uint8 batch inside each timed (and warmup) call.
+    floats = [m for m in rep.measurements if m.key != "ort-int8-pixels"]
+    assert normalised.count((1, 32, 32, 3)) >= sum(m.stats.runs + m.stats.warmup_runs for m in floats)
+    acc = {a.key: a for a in rep.accuracy}
+    assert acc["ort-int8-pixels"].agreement >= 0.97 and abs(acc["ort-int8-pixels"].top1 - acc["ort-int8"].top1) <= 0.02
+    assert "the pixel-input CPU artifact is" in rep.verdict and rep.verdict.endswith("both from uint8 pixels")
+    assert rep.environment["input"].startswith("uint8 pixels") and "Input: uint8 pixels" in rep.files["markdown"].read_text()
+    res = invoke("bench", bundle, "--from-pixels", "--batch-sizes", "1", "--threads", "1", "--warmup-s", "0.05", "--min-runs", "3",
+                 "--max-s", "0.1", "--rounds", "1", "--peers", "none", "--backends", "ort-int8,ort-int8-pixels", "--json")
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert [b["key"] for b in data["backends"]] == ["torch-fp32", "ort-int8", "ort-int8-pixels"] and data["environment"]["input"]
+
+
 def test_plots_have_labelled_axes_and_one_line_per_backend(report):
     fig = latency_figure(report)
     ax = fig.axes[0]
