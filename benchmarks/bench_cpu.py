@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 
-def run(name: str, out: Path, threads: int, batch_sizes: tuple[int, ...]) -> dict:
+def run(name: str, out: Path, threads: int, batch_sizes: tuple[int, ...], from_pixels: bool = False) -> dict:
     from rescompile.bench import run_bench
     from rescompile.config import BenchConfig, BuildConfig, CalibConfig, DataConfig, Precision
     from rescompile.data.datasets import load_dataset
@@ -55,7 +55,7 @@ def run(name: str, out: Path, threads: int, batch_sizes: tuple[int, ...]) -> dic
     report = run_bench(BenchConfig(
         bundle=bundle, batch_sizes=batch_sizes, threads=threads, max_eval_images=360 if name == "resnet20" else 60,
         extra_onnx=(("ort-int8-qstatic-alt", f"ONNX Runtime INT8 (quantize_static, {'7' if vnni else '8'}-bit weights)", other),),
-        min_runs=30, max_s=8.0, warmup_s=2.0,
+        min_runs=30, max_s=8.0, warmup_s=2.0, from_pixels=from_pixels,
     ))
     return {"name": name, "report": report}
 
@@ -82,14 +82,17 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="resnet20,resnet18,resnet50")
     parser.add_argument("--batch-sizes", default="1,32")
+    parser.add_argument("--from-pixels", action="store_true",
+                        help="time every backend from uint8 pixels (float-input ones normalise inside the timed call) and add the "
+                             "pixel-input artifact, which is then the one compared")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
-    results = [run(name, args.out, args.threads, batch_sizes) for name in args.models.split(",")]
+    results = [run(name, args.out, args.threads, batch_sizes, args.from_pixels) for name in args.models.split(",")]
     env = results[0]["report"].environment
     head = (f"{dt.date.today().isoformat()}, {env['cpu']} ({env['cpu_cores']} cores; {', '.join(env.get('cpu_flags') or []) or 'no AVX-512/VNNI'}), "
-            f"{args.threads} threads, "
+            f"{args.threads} threads, " + ("timed from uint8 pixels, " if args.from_pixels else "") +
             f"torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}\n\n")
     text = head + table(results)
     for r in results:
@@ -103,7 +106,7 @@ def main() -> int:
     for r in results:
         rep = r["report"]
         for batch in batch_sizes:
-            torch_m, art = rep.get("torch-fp32", batch), rep.get("ort-int8", batch)
+            torch_m, art = rep.get("torch-fp32", batch), rep.get("ort-int8-pixels", batch) or rep.get("ort-int8", batch)
             peers = [m for m in (rep.get("ort-int8-qstatic", batch), rep.get("ort-int8-qstatic-alt", batch)) if m and m.stats]
             if not (torch_m and art and peers and art.stats and torch_m.stats):
                 continue

@@ -1,0 +1,141 @@
+"""Run a command as if this x86 CPU had AVX2 but no AVX-512, VNNI or AMX.
+
+INT8 speed on a CPU depends on which kernels ONNX Runtime (MLAS), oneDNN and numpy pick, and
+they pick them from CPUID at start-up. This makes CPUID say "AVX2 only" to the command, so the
+same machine runs the kernels an AVX2-only CPU (e.g. an AMD EPYC before Zen 4) runs:
+
+- a small preload library turns on CPUID faulting (Linux ``arch_prctl(ARCH_SET_CPUID, 0)``,
+  which needs the ``cpuid_fault`` CPU flag) and answers each CPUID with the AVX-512, VNNI and AMX
+  bits cleared (leaf 7: AVX512F/DQ/IFMA/PF/ER/CD/BW/VL, VBMI, VBMI2, VNNI, BITALG, VPOPCNTDQ,
+  4VNNIW, 4FMAPS, VP2INTERSECT, FP16, AMX; leaf 7.1: AVX-VNNI, AVX512_BF16, AVX-IFMA,
+  AVX-VNNI-INT8/INT16, AVX-NE-CONVERT);
+- in a private mount namespace, /proc/cpuinfo is replaced by a copy without those flags, so
+  rescompile's own VNNI check and the report's environment block agree with CPUID;
+- ``RESCOMPILE_CPU_MASK`` is set, and the benchmark report says the flags were hidden.
+
+It is the instruction set that is emulated, not the chip: caches, clocks and memory are this
+machine's. A figure measured this way says how the AVX2 kernels compare on this machine; it is
+not a measurement of another CPU.
+
+    python benchmarks/without_vnni.py -- python benchmarks/bench_cpu.py --out benchmarks/results/avx2
+    python benchmarks/without_vnni.py --check      (show what the masked CPU reports, and exit)
+
+Needs Linux on x86-64, a C compiler (cc), ``unshare`` (util-linux) and either root or
+unprivileged user namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HIDDEN_FLAGS = {
+    "avx512f", "avx512dq", "avx512ifma", "avx512pf", "avx512er", "avx512cd", "avx512bw", "avx512vl", "avx512vbmi",
+    "avx512_vbmi2", "avx512_vnni", "avx512_bitalg", "avx512_vpopcntdq", "avx512_4vnniw", "avx512_4fmaps", "avx512_vp2intersect",
+    "avx512_fp16", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "avx_vnni", "avx_ifma", "avx_vnni_int8", "avx_ne_convert",
+    "avx_vnni_int16",
+}
+
+SHIM = r"""
+#define _GNU_SOURCE
+#include <cpuid.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+#include <unistd.h>
+#define SET_CPUID 0x1012  /* ARCH_SET_CPUID */
+
+static void answer(int sig, siginfo_t *info, void *raw) {
+    (void)sig; (void)info;
+    greg_t *r = ((ucontext_t *)raw)->uc_mcontext.gregs;
+    const unsigned char *ip = (const unsigned char *)r[REG_RIP];
+    if (ip[0] != 0x0f || ip[1] != 0xa2) {  /* a real crash: let it happen */
+        signal(SIGSEGV, SIG_DFL);
+        return;
+    }
+    unsigned leaf = (unsigned)r[REG_RAX], sub = (unsigned)r[REG_RCX], a, b, c, d;
+    syscall(SYS_arch_prctl, SET_CPUID, 1);
+    __cpuid_count(leaf, sub, a, b, c, d);
+    syscall(SYS_arch_prctl, SET_CPUID, 0);
+    if (leaf == 7 && sub == 0) {
+        b &= ~((1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 30) | (1u << 31));
+        c &= ~((1u << 1) | (1u << 6) | (1u << 11) | (1u << 12) | (1u << 14));
+        d &= ~((1u << 2) | (1u << 3) | (1u << 8) | (1u << 22) | (1u << 23) | (1u << 24) | (1u << 25));
+    } else if (leaf == 7 && sub == 1) {
+        a &= ~((1u << 4) | (1u << 5) | (1u << 23));
+        d &= ~((1u << 4) | (1u << 5) | (1u << 10));
+    }
+    r[REG_RAX] = a; r[REG_RBX] = b; r[REG_RCX] = c; r[REG_RDX] = d;
+    r[REG_RIP] += 2;
+}
+
+__attribute__((constructor)) static void start(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = answer;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigaction(SIGSEGV, &sa, 0);
+    if (syscall(SYS_arch_prctl, SET_CPUID, 0) != 0) {
+        static const char msg[] = "without_vnni: CPUID faulting is not available here\n";
+        write(2, msg, sizeof msg - 1);
+        _exit(3);
+    }
+}
+"""
+
+CHECK = r"""
+import onnxruntime, numpy
+from rescompile.bench.env import cpu_flags
+from rescompile.stages.calibrate.qdq import has_vnni
+print("cpu flags (as /proc/cpuinfo says):", ", ".join(cpu_flags()) or "none of avx2/avx512/vnni/amx")
+print("VNNI for rescompile:", has_vnni())
+"""
+
+
+def masked_cpuinfo(text: str) -> str:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            key, _, flags = line.partition(":")
+            line = key + ": " + " ".join(f for f in flags.split() if f not in HIDDEN_FLAGS)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="print what the masked CPU reports and exit")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.check:
+        command = [sys.executable, "-c", CHECK]
+    if not command:
+        parser.error("give a command after --, or --check")
+    info = Path("/proc/cpuinfo").read_text(errors="replace")
+    if "cpuid_fault" not in info.split():
+        print("without_vnni: this CPU (or its hypervisor) offers no CPUID faulting (no cpuid_fault flag)", file=sys.stderr)
+        return 2
+    for tool in ("cc", "unshare"):
+        if shutil.which(tool) is None:
+            print(f"without_vnni: needs {tool}", file=sys.stderr)
+            return 2
+    with tempfile.TemporaryDirectory(prefix="without-vnni-") as tmp:
+        src, lib, cpuinfo = Path(tmp, "mask.c"), Path(tmp, "libmask.so"), Path(tmp, "cpuinfo")
+        src.write_text(SHIM)
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+        cpuinfo.write_text(masked_cpuinfo(info))
+        env = dict(os.environ, LD_PRELOAD=str(lib), RESCOMPILE_CPU_MASK="AVX-512/VNNI/AMX hidden by benchmarks/without_vnni.py")
+        ns = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+        script = 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
+        return subprocess.run([*ns, "sh", "-c", script, str(cpuinfo), *command], env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
