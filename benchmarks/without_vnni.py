@@ -9,6 +9,8 @@ same machine runs the kernels an AVX2-only CPU (e.g. an AMD EPYC before Zen 4) r
   bits cleared (leaf 7: AVX512F/DQ/IFMA/PF/ER/CD/BW/VL, VBMI, VBMI2, VNNI, BITALG, VPOPCNTDQ,
   4VNNIW, 4FMAPS, VP2INTERSECT, FP16, AMX; leaf 7.1: AVX-VNNI, AVX512_BF16, AVX-IFMA,
   AVX-VNNI-INT8/INT16, AVX-NE-CONVERT);
+- a SIGSEGV handler the command installs itself (Python's faulthandler, which pytest turns on) is
+  kept behind the answerer and still gets every real fault;
 - in a private mount namespace, /proc/cpuinfo is replaced by a copy without those flags, so
   rescompile's own VNNI check and the report's environment block agree with CPUID;
 - ``RESCOMPILE_CPU_MASK`` is set, and the benchmark report says the flags were hidden.
@@ -19,6 +21,7 @@ not a measurement of another CPU.
 
     python benchmarks/without_vnni.py -- python benchmarks/bench_cpu.py --out benchmarks/results/avx2
     python benchmarks/without_vnni.py --check      (show what the masked CPU reports, and exit)
+    python benchmarks/without_vnni.py -- python -m pytest -q      (the test suite on AVX2 kernels)
 
 Needs Linux on x86-64, a C compiler (cc), ``unshare`` (util-linux) and either root or
 unprivileged user namespaces.
@@ -44,6 +47,7 @@ HIDDEN_FLAGS = {
 SHIM = r"""
 #define _GNU_SOURCE
 #include <cpuid.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -51,12 +55,24 @@ SHIM = r"""
 #include <unistd.h>
 #define SET_CPUID 0x1012  /* ARCH_SET_CPUID */
 
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+static sigaction_fn real_sigaction;
+static struct sigaction chained;  /* the SIGSEGV handler the program asked for (faulthandler, ...) */
+
 static void answer(int sig, siginfo_t *info, void *raw) {
-    (void)sig; (void)info;
     greg_t *r = ((ucontext_t *)raw)->uc_mcontext.gregs;
     const unsigned char *ip = (const unsigned char *)r[REG_RIP];
-    if (ip[0] != 0x0f || ip[1] != 0xa2) {  /* a real crash: let it happen */
-        signal(SIGSEGV, SIG_DFL);
+    if (ip[0] != 0x0f || ip[1] != 0xa2) {  /* a real fault: the program's own handler, else the default */
+        if (chained.sa_flags & SA_SIGINFO) {
+            chained.sa_sigaction(sig, info, raw);
+        } else if (chained.sa_handler != SIG_DFL && chained.sa_handler != SIG_IGN) {
+            chained.sa_handler(sig);
+        } else {
+            struct sigaction dfl;
+            memset(&dfl, 0, sizeof dfl);
+            dfl.sa_handler = SIG_DFL;
+            real_sigaction(SIGSEGV, &dfl, 0);
+        }
         return;
     }
     unsigned leaf = (unsigned)r[REG_RAX], sub = (unsigned)r[REG_RCX], a, b, c, d;
@@ -75,12 +91,33 @@ static void answer(int sig, siginfo_t *info, void *raw) {
     r[REG_RIP] += 2;
 }
 
+/* A program that installs its own SIGSEGV handler (Python's faulthandler, pytest) gets it called
+   for real faults; the CPUID answerer stays in front. */
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    if (!real_sigaction) real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    if (sig != SIGSEGV) return real_sigaction(sig, act, old);
+    if (old) *old = chained;
+    if (act) chained = *act;
+    return 0;
+}
+
+sighandler_t signal(int sig, sighandler_t handler) {
+    struct sigaction act, old;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = handler;
+    if (sigaction(sig, &act, &old) != 0) return SIG_ERR;
+    return old.sa_handler;
+}
+
 __attribute__((constructor)) static void start(void) {
     struct sigaction sa;
+    real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    memset(&chained, 0, sizeof chained);
+    chained.sa_handler = SIG_DFL;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = answer;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER;
-    sigaction(SIGSEGV, &sa, 0);
+    real_sigaction(SIGSEGV, &sa, 0);
     if (syscall(SYS_arch_prctl, SET_CPUID, 0) != 0) {
         static const char msg[] = "without_vnni: CPUID faulting is not available here\n";
         write(2, msg, sizeof msg - 1);
@@ -90,6 +127,8 @@ __attribute__((constructor)) static void start(void) {
 """
 
 CHECK = r"""
+import faulthandler
+faulthandler.enable()  # a SIGSEGV handler of the program's own, as pytest installs: CPUID must still be answered
 import onnxruntime, numpy
 from rescompile.bench.env import cpu_flags
 from rescompile.stages.calibrate.qdq import has_vnni
@@ -129,7 +168,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="without-vnni-") as tmp:
         src, lib, cpuinfo = Path(tmp, "mask.c"), Path(tmp, "libmask.so"), Path(tmp, "cpuinfo")
         src.write_text(SHIM)
-        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True)
         cpuinfo.write_text(masked_cpuinfo(info))
         env = dict(os.environ, LD_PRELOAD=str(lib), RESCOMPILE_CPU_MASK="AVX-512/VNNI/AMX hidden by benchmarks/without_vnni.py")
         ns = ["unshare", "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
