@@ -332,6 +332,8 @@ def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = N
     if not backends:
         raise ConfigError(f"no backend left to run (asked for {', '.join(cfg.backends or ())})", "Check --backends")
     images = _eval_images(manifest, cfg.eval_data, cfg.max_eval_images, notes)
+    if cfg.from_pixels:
+        _timing_pixels(images, spec, 1)  # data that cannot give pixels say so before anything is timed
     budget = TimingBudget(cfg.warmup_s, 3, cfg.min_runs, cfg.max_runs, cfg.max_s)
     reference = next(b for b in backends if b.reference)
     measurements: list[Measurement] = []

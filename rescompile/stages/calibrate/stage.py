@@ -301,6 +301,8 @@ def calibrate(
             if pix_score.top1_agreement < cpu_score.top1_agreement - PIXELS_AGREEMENT_SLACK:
                 pixels = replace(pixels, model=None, reason=f"it agrees with FP32 on {pix_score.top1_agreement:.2%} of the images, "
                                  f"the float-input CPU artifact on {cpu_score.top1_agreement:.2%}")
+        elif pixels.model is not None:  # what was checked cannot check it: not written unchecked
+            pixels = replace(pixels, model=None, reason="the evaluation data are model-ready tensors, not images, so it could not be checked")
     if pixels.model is None:
         log.info("no pixel-input CPU artifact: %s", pixels.reason)
     accuracy["cpu_pixels"] = {"written": pixels.model is not None, "reason": pixels.reason or None,

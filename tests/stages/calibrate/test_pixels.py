@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from rescompile.data.images import iter_batches
 from rescompile.data.preprocess import Preprocessing
 from rescompile.stages.calibrate.accuracy import Evaluator, session
 from rescompile.stages.calibrate.calibrators import compute_amax
@@ -120,3 +121,22 @@ def test_normalize_is_the_documented_formula():
             got = p.normalize(pixels)
             assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == want.shape
             np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_calibrate_writes_it_only_when_it_was_checked(r20, digits, tmp_path):
+    from rescompile.config import CalibConfig
+    from rescompile.data.images import TensorSet
+    from rescompile.stages.calibrate.stage import CPU_PIXELS_ONNX, calibrate
+
+    calib = digits.train.subset(np.arange(64))
+    test = digits.test.subset(np.arange(0, len(digits.test), 3))
+    cfg = CalibConfig(method="max", num_images=64, min_images=1, fallback=False)
+    images = calibrate(r20.onnx, r20.spec, tmp_path / "images", images=calib, config=cfg, eval_test=test)
+    assert images.pixels_path == tmp_path / "images" / CPU_PIXELS_ONNX and images.pixels_path.is_file()
+    assert images.accuracy["int8_cpu_pixels_onnxruntime"]["top1_agreement"] >= 0.99
+    assert images.accuracy["cpu_pixels"]["written"] and images.accuracy["cpu_pixels"]["zero_point"] == 78
+    # Evaluation data that are model-ready tensors cannot check a model that takes pixels: not written.
+    tensors = TensorSet(np.concatenate([x for x, _ in iter_batches(test, r20.spec.preprocessing, 64)]), test.labels, test.classes)
+    unchecked = calibrate(r20.onnx, r20.spec, tmp_path / "tensors", images=calib, config=cfg, eval_test=tensors)
+    assert unchecked.pixels_path is None and not (tmp_path / "tensors" / CPU_PIXELS_ONNX).exists()
+    assert "model-ready tensors" in unchecked.accuracy["cpu_pixels"]["reason"]
