@@ -90,8 +90,10 @@ def main() -> int:
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     results = [run(name, args.out, args.threads, batch_sizes, args.from_pixels) for name in args.models.split(",")]
+    from rescompile.bench.env import describe_cpu_flags
+
     env = results[0]["report"].environment
-    head = (f"{dt.date.today().isoformat()}, {env['cpu']} ({env['cpu_cores']} cores; {', '.join(env.get('cpu_flags') or []) or 'no AVX-512/VNNI'}), "
+    head = (f"{dt.date.today().isoformat()}, {env['cpu']} ({env['cpu_cores']} cores; {describe_cpu_flags(env)}), "
             f"{args.threads} threads, " + ("timed from uint8 pixels, " if args.from_pixels else "") +
             f"torch {env['versions']['torch']}, onnxruntime {env['versions']['onnxruntime']}\n\n")
     text = head + table(results)

@@ -39,17 +39,26 @@ def cpu_flags() -> list[str]:
 
 def environment(threads: int | None) -> dict[str, Any]:
     gpu = nvidia.find_gpu()
-    mask = os.environ.get("RESCOMPILE_CPU_MASK")  # set by benchmarks/without_vnni.py: the flags are hidden, not absent
-    return {
+    env = {
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "cpu_flags": cpu_flags() + ([mask] if mask else []),
+        "cpu_flags": cpu_flags(),
         "threads": threads,
         "platform": platform.platform(),
         "gpu": gpu.to_dict() if gpu else None,
         "tensorrt": nvidia.tensorrt_version(),
         "versions": library_versions(),
     }
+    mask = os.environ.get("RESCOMPILE_CPU_MASK")  # set by benchmarks/without_vnni.py: the flags are hidden, not absent
+    if mask:
+        env["cpu_mask"] = mask
+    return env
+
+
+def describe_cpu_flags(env: dict[str, Any]) -> str:
+    """The CPU flags line of a report: what /proc/cpuinfo lists, and a mask when one hid some."""
+    text = ", ".join(env.get("cpu_flags") or []) or "no AVX2/AVX-512/VNNI"
+    return text + (f"; {env['cpu_mask']}" if env.get("cpu_mask") else "")
 
 
 # tegrastats prints the board's input rail as e.g. "VDD_IN 5123mW/5012mW" (Orin) or

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rescompile._io import atomic_path, write_bytes_atomic, write_json_atomic
+from rescompile.bench.env import describe_cpu_flags
 
 if TYPE_CHECKING:
     from rescompile.bench.run import BenchReport
@@ -74,7 +75,7 @@ def markdown(report: BenchReport) -> str:
         f"# rescompile bench: {report.model}",
         "",
         f"{_dt.date.today().isoformat()} · CPU: {env['cpu']} ({env['cpu_cores']} cores, {env['threads'] or 'all'} threads; "
-        f"{', '.join(env.get('cpu_flags') or []) or 'no AVX2/AVX-512/VNNI'})"
+        f"{describe_cpu_flags(env)})"
         + (f" · GPU: {gpu.get('name')} ({gpu.get('sm')}, driver {gpu.get('driver')}, CUDA {gpu.get('cuda')})" if gpu else " · no GPU")
         + (f" · TensorRT {env['tensorrt']}" if env.get("tensorrt") else ""),
         *[f"\nPeer: {peer}" for peer in env.get("peers") or []],

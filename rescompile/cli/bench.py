@@ -53,7 +53,9 @@ def print_report(report) -> None:
     for w in report.warnings:
         out.print(f"[yellow]warning: {escape(w)}[/yellow]")
     env = report.environment
-    out.print(f"machine: {env['cpu']} ({', '.join(env.get('cpu_flags') or []) or 'no AVX2/AVX-512/VNNI'}), {env['cpu_cores']} cores, "
+    from rescompile.bench.env import describe_cpu_flags
+
+    out.print(f"machine: {env['cpu']} ({describe_cpu_flags(env)}), {env['cpu_cores']} cores, "
               f"threads {env['threads'] or 'all'}"
               + (f", GPU {env['gpu']['name']}" if env.get("gpu") else ", no GPU"))
     for peer in env.get("peers") or []:

@@ -158,3 +158,15 @@ def test_tegrastats_power_lines():
     xavier = "RAM 1903/7772MB ... GPU 0%@114 POM_5V_IN 3284/3284 POM_5V_GPU 0/0"
     assert parse_tegrastats_power(xavier) == pytest.approx(3.284)
     assert parse_tegrastats_power("RAM 100/200MB") is None
+
+
+def test_a_cpu_feature_mask_is_named_with_the_flags(monkeypatch):
+    from rescompile.bench.env import describe_cpu_flags, environment
+
+    monkeypatch.delenv("RESCOMPILE_CPU_MASK", raising=False)
+    plain = environment(1)
+    assert "cpu_mask" not in plain and "hidden" not in describe_cpu_flags(plain)
+    monkeypatch.setenv("RESCOMPILE_CPU_MASK", "AVX-512/VNNI/AMX hidden by benchmarks/without_vnni.py")
+    masked = environment(1)
+    assert masked["cpu_flags"] == plain["cpu_flags"]  # the flags stay what /proc/cpuinfo lists
+    assert describe_cpu_flags(masked).endswith("; AVX-512/VNNI/AMX hidden by benchmarks/without_vnni.py")
