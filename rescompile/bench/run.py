@@ -307,10 +307,8 @@ def _logits(backend: Backend, images, spec, batch: int) -> np.ndarray:
     from rescompile.data.images import iter_batches
 
     step = min(batch, backend.max_batch or batch)
-    if backend.takes_pixels:
-        return np.concatenate([backend.logits(spec.preprocessing.pixels(images.images(range(i, min(i + step, len(images))))))
-                               for i in range(0, len(images), step)])
-    return np.concatenate([backend.logits(x) for x, _ in iter_batches(images, spec.preprocessing, step)])
+    batches = iter_batches(images, spec.preprocessing, step, pixels=backend.takes_pixels)
+    return np.concatenate([backend.logits(x) for x, _ in batches])
 
 
 def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = None) -> BenchReport:

@@ -149,8 +149,11 @@ def iter_batches(
     *,
     shuffle: bool = False,
     seed: int = 0,
+    pixels: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Yield (float32 model input, int64 labels or None) batches; memory is bounded by ``batch_size``."""
+    """Yield (float32 model input, int64 labels or None) batches; memory is bounded by ``batch_size``.
+    ``pixels``: the uint8 RGB pixels at the input size instead, not normalized (what a pixel-input
+    artifact takes); model-ready tensors have none and raise DataError."""
     if batch_size < 1:
         raise DataError(f"batch size must be >= 1, got {batch_size}")
     order = np.arange(len(images))
@@ -163,7 +166,10 @@ def iter_batches(
     )
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        x = preprocessing.normalize(images.array[idx]) if fast else images.batch(idx, preprocessing)
+        if pixels:
+            x = images.array[idx] if fast else preprocessing.pixels(images.images(idx))
+        else:
+            x = preprocessing.normalize(images.array[idx]) if fast else images.batch(idx, preprocessing)
         y = None if images.labels is None else images.labels[idx]
         yield x, y
 

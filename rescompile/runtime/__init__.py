@@ -119,10 +119,10 @@ def _chosen(backend: str, what: Any, why: str) -> None:
     log.info("runtime: %s on %s (%s)", backend, what, why)
 
 
-def _onnxruntime_runner(p: Path, spec, providers, threads) -> Runner:
+def _onnxruntime_runner(p: Path, spec, providers, threads, pixels_path: Path | None = None) -> Runner:
     from rescompile.runtime.onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(p, spec=spec, providers=providers, threads=threads)
+    return OnnxRuntimeRunner(p, spec=spec, providers=providers, threads=threads, pixels_path=pixels_path)
 
 
 def _checked(manifest: Manifest, relative: str, what: str, verify_files: bool) -> Path:
@@ -182,9 +182,7 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
         raise BundleError(f"bundle {manifest.dir} has no pixel-input CPU artifact ({PIXELS_ROLE})",
                           "Rebuild it with this rescompile (its accuracy.json says why one was not written), or pass pixels=None")
     _chosen("onnxruntime", onnx_path, f"{why}; running {what}")
-    from rescompile.runtime.onnxruntime import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(onnx_path, spec=manifest.spec, providers=providers, threads=threads, pixels_path=pixels_path)
+    return _onnxruntime_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
 
 
 def _auto_backend(manifest: Manifest) -> tuple[str, str]:

@@ -93,11 +93,8 @@ class Evaluator:
         evaluation data are model-ready tensors rather than images."""
         sess = session(model, reference=False)
         name = sess.get_inputs()[0].name
-        outs = []
         try:
-            for start in range(0, len(self.images), self.batch_size):
-                idx = range(start, min(start + self.batch_size, len(self.images)))
-                outs.append(sess.run(None, {name: self.prep.pixels(self.images.images(idx))})[0])
+            outs = [sess.run(None, {name: x})[0] for x, _ in iter_batches(self.images, self.prep, self.batch_size, pixels=True)]
         except DataError:
             return None
         return compare(np.concatenate(outs), self.fp32_logits, self.labels)

@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from rescompile.data.preprocess import Preprocessing
-from rescompile.stages.calibrate.qdq import quantize_weights
+from rescompile.stages.calibrate.qdq import copy_graph, quantize_weights
 from rescompile.stages.optimize.graph import Graph
 
 PIXELS_INPUT = "pixels"
@@ -45,9 +45,32 @@ class PixelFold:
     reason: str = ""  # why there is no pixel-input model, when model is None
 
 
-def _only(consumers: dict[str, list[onnx.NodeProto]], name: str, op: str) -> onnx.NodeProto | None:
-    readers = consumers.get(name, [])
-    return readers[0] if len(readers) == 1 and readers[0].op_type == op else None
+def _input_conv(g: Graph, layout: str) -> tuple[onnx.NodeProto | None, list[str], str]:
+    """(the Conv the graph input goes straight into, the ops passed on the way, or why there is none).
+
+    Straight means one reader at each step, through Q/DQ nodes and, for an NHWC model, one
+    Transpose to NCHW: the only ops that move the input without computing from it.
+    """
+    if len(g.g.input) != 1:
+        return None, [], "the model has more than one input"
+    consumers = g.consumers()
+    src, passed = g.g.input[0].name, []
+    while True:
+        readers = consumers.get(src, [])
+        if len(readers) != 1:
+            return None, passed, "the model input does not go straight into one convolution"
+        node = readers[0]
+        if node.op_type == "Conv":
+            break
+        if node.op_type == "Transpose" and ("Transpose" in passed or layout != "nhwc" or list(node.attribute[0].ints) != [0, 3, 1, 2]):
+            return None, passed, "the input reaches the first conv through a Transpose that is not NHWC -> NCHW"
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Transpose"):
+            return None, passed, "the model input does not go straight into one convolution"
+        passed.append(node.op_type)
+        src = node.output[0]
+    if (layout == "nhwc") != ("Transpose" in passed):
+        return None, passed, f"the input layout ({layout}) does not match the graph"
+    return node, passed, ""
 
 
 def pixel_input_model(cpu: onnx.ModelProto, fp32: onnx.ModelProto, prep: Preprocessing, *, reduce_range: bool) -> PixelFold:
@@ -56,39 +79,21 @@ def pixel_input_model(cpu: onnx.ModelProto, fp32: onnx.ModelProto, prep: Preproc
     ``fp32`` is the optimized float model ``cpu`` was made from: the first conv's weights are
     folded from its float values, not from their int8 rounding.
     """
-    g = Graph(_copy(cpu))
-    if len(g.g.input) != 1:
-        return PixelFold(None, reason="the model has more than one input")
+    g = copy_graph(cpu)
+    conv, passed, why = _input_conv(g, prep.layout)
+    if conv is None:
+        return PixelFold(None, reason=why)
     x = g.g.input[0]
     if x.type.tensor_type.elem_type != TensorProto.FLOAT:
         return PixelFold(None, reason="the model input is not float")
-    consumers, producers = g.consumers(), g.producers()
-    q0 = _only(consumers, x.name, "QuantizeLinear")
-    d0 = q0 and _only(consumers, q0.output[0], "DequantizeLinear")
-    if d0 is None:
-        return PixelFold(None, reason="the model input is not quantized for a single reader")
-    # Walk to the first conv: through Q/DQ pairs and, for an NHWC model, its Transpose to NCHW.
-    src, transposed = d0.output[0], False
-    while True:
-        readers = consumers.get(src, [])
-        if len(readers) != 1 or readers[0].op_type not in ("QuantizeLinear", "DequantizeLinear", "Transpose"):
-            break
-        node = readers[0]
-        if node.op_type == "Transpose":
-            if transposed or prep.layout != "nhwc" or list(node.attribute[0].ints) != [0, 3, 1, 2]:
-                return PixelFold(None, reason="the input reaches the first conv through a Transpose that is not NHWC -> NCHW")
-            transposed = True
-        src = node.output[0]
-    if (prep.layout == "nhwc") != transposed:
-        return PixelFold(None, reason=f"the input layout ({prep.layout}) does not match the graph")
-    conv = _only(consumers, src, "Conv")
-    if conv is None:
-        return PixelFold(None, reason="the model input does not go straight into one convolution")
+    if passed[:2] != ["QuantizeLinear", "DequantizeLinear"]:
+        return PixelFold(None, reason="the model input is not quantized")
+    producers = g.producers()
     wdq = producers.get(conv.input[1])
     if wdq is None or wdq.op_type != "DequantizeLinear":
         return PixelFold(None, reason="the first convolution is not quantized")
     fg = Graph(fp32)
-    fconv = _first_conv(fg)
+    fconv, _, _ = _input_conv(fg, prep.layout)
     w = fg.const(fconv.input[1]) if fconv is not None else None
     qw_old = g.const(wdq.input[0])
     if w is None or qw_old is None or w.shape != qw_old.shape:
@@ -157,27 +162,3 @@ def pixel_input_model(cpu: onnx.ModelProto, fp32: onnx.ModelProto, prep: Preproc
     for k, v in meta.items():
         g.model.metadata_props.add(key=k, value=v)
     return PixelFold(g.model, zp, float(np.abs(mean - zp).max()))
-
-
-def _first_conv(g: Graph) -> onnx.NodeProto | None:
-    """The float model's Conv that reads its input (directly, or through one Transpose)."""
-    if len(g.g.input) != 1:
-        return None
-    consumers = g.consumers()
-    src = g.g.input[0].name
-    for _ in range(2):
-        readers = consumers.get(src, [])
-        if len(readers) != 1:
-            return None
-        if readers[0].op_type == "Conv":
-            return readers[0]
-        if readers[0].op_type != "Transpose":
-            return None
-        src = readers[0].output[0]
-    return None
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out

@@ -79,7 +79,8 @@ def _dequantized_weight(g: Graph, node: onnx.NodeProto, qmax: int = 127) -> np.n
     return scale
 
 
-def _copy(model: onnx.ModelProto) -> Graph:
+def copy_graph(model: onnx.ModelProto) -> Graph:
+    """A Graph over a deep copy of ``model`` (the rewrites here never touch their input)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     return Graph(out)
@@ -100,7 +101,7 @@ def required_tensors(model: onnx.ModelProto) -> list[str]:
 
 def qdq_for_tensorrt(model: onnx.ModelProto, amax: dict[str, float], float_layers: Collection[str] = ()) -> onnx.ModelProto:
     """The Q/DQ model for TensorRT explicit quantization (see module docstring)."""
-    g = _copy(model)
+    g = copy_graph(model)
     blocks = find_residual_blocks(g)
     zp = np.int8
     for node in g.nodes:
@@ -148,7 +149,7 @@ def qdq_for_cpu(
     float_layers: Collection[str] = (),
 ) -> onnx.ModelProto:
     """The uint8-activation Q/DQ model ONNX Runtime runs fast on x86 (see module docstring)."""
-    g = _copy(model)
+    g = copy_graph(model)
     amax = dict(amax)
     nonneg = _fold_relus(g, amax) | {t for t, m in tensor_min.items() if m >= 0}
     outputs = g.graph_outputs()
