@@ -36,6 +36,7 @@ from rescompile.stages.calibrate.inputs import (  # noqa: F401  (re-exported: th
 )
 from rescompile.stages.calibrate.stage import ACCURACY, CACHE, CPU_ONNX, QDQ_ONNX, SCALES, CalibrationResult
 from rescompile.models.load import LoadedModel, load_model
+from rescompile.models.onnx_model import copy_self_contained
 from rescompile.stages.export import ExportResult, onnx_from_torch
 from rescompile.stages.optimize import OptimizeResult, optimize_onnx
 from rescompile.versions import library_versions, machine
@@ -109,8 +110,7 @@ def export_and_optimize(
     export_result = None
     if model.kind == "onnx":
         if model.onnx_path.resolve() != fp32.resolve():
-            with atomic_path(fp32) as tmp:
-                shutil.copyfile(model.onnx_path, tmp)
+            copy_self_contained(model.onnx_path, fp32)
     else:
         export_result = onnx_from_torch(model.module, model.spec, fp32, export)
     stage("optimize")

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rescompile._io import loads_json
+from rescompile._io import atomic_path, loads_json
 from rescompile.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, PreprocessingOverride
 from rescompile.errors import ModelError
 from rescompile.models.intake import graph_inputs
@@ -27,13 +27,82 @@ def load_onnx(path: Path):
     try:
         model = onnx.load(str(path))
     except (DecodeError, RuntimeWarning, ValueError, OSError, UnicodeDecodeError) as exc:
+        _raise_for_external_data(path, exc)
         raise ModelError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})", "Re-export it") from exc
     except onnx.checker.ValidationError as exc:  # external data outside the model's folder, missing, or a link
+        _raise_for_external_data(path, exc)
         raise ModelError(f"{path} refers to weight data it may not read ({str(exc).splitlines()[0][:160]})",
                          "Keep external weight files next to the model, or save the model with its weights inside") from exc
     if not model.graph.node:
         raise ModelError(f"{path} is not a readable ONNX model (it has no graph nodes)", "Re-export it")
     return model
+
+
+def _tensors(graph):
+    """Every tensor a graph holds: initializers and Constant values, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def _raise_for_external_data(path: Path, exc: Exception) -> None:
+    """After a failed load: if the model keeps its weights in files beside it and one of them is
+    missing or short, say which (the loader's own message names neither)."""
+    import onnx
+
+    try:
+        head = onnx.load(str(path), load_external_data=False)
+    except Exception:  # the model file itself is unreadable: the caller says so
+        return
+    folder = Path(path).parent
+    need: dict[str, int] = {}  # bytes each external file must hold
+    for tensor in _tensors(head.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if not location or not (folder / location).is_file():
+            raise ModelError(f"{path} keeps its weights in {location or '(no file named)'}, which is not beside it in {folder}",
+                             "Copy that file next to the model, or save the model with its weights inside") from exc
+        try:
+            end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        except ValueError:
+            continue
+        need[location] = max(need.get(location, 0), end)
+    for location, end in need.items():
+        size = (folder / location).stat().st_size
+        if end > size:
+            raise ModelError(f"{path}'s weight file {location} is {size} bytes, shorter than the {end} its weights need "
+                             "(copied incompletely?)", "Copy the complete file again, or re-export the model") from exc
+
+
+def refers_to_external_data(model) -> bool:
+    """Whether the model keeps weights in files beside it (torch.onnx.export's dynamo exporter writes
+    model.onnx.data by default; onnx.save(..., save_as_external_data=True) does the same)."""
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(model.graph))
+
+
+def copy_self_contained(src: Path, dst: Path) -> Path:
+    """Copy the ONNX file ``src`` to ``dst`` with its weights inside: a model whose weights live in
+    external files is read with them and saved as one file, so the copy works wherever it goes."""
+    import shutil
+
+    import onnx
+
+    head = onnx.load(str(src), load_external_data=False)
+    with atomic_path(dst) as tmp:
+        if refers_to_external_data(head):
+            onnx.save(load_onnx(src), str(tmp))
+        else:
+            shutil.copyfile(src, tmp)
+    return dst
 
 
 def _dims(value_info) -> list[Any]:
