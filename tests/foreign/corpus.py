@@ -10,6 +10,7 @@ in BN folding, layout or residual detection changes the outputs visibly.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import warnings
 from collections import Counter
@@ -348,10 +349,34 @@ def caffe2_style(folder: Path) -> Foreign:
                     "opset 9, weights as inputs, BN kept, residuals as Sum, batch -1, no output shape, odd node names")
 
 
+def external_data(folder: Path) -> Foreign:
+    path = Path(folder) / "external_data.onnx"
+    m = _export(_model("bottleneck", 11), path, 17)
+    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="external_data.onnx.data",
+              size_threshold=0)  # every weight in the .data file beside it, as large-model exports do
+    return _foreign(path.stem, path, "bottleneck", "opset 17, every weight in external_data.onnx.data beside the model")
+
+
+def torch_dynamo(folder: Path) -> Foreign:
+    """torch.onnx.export's default exporter since PyTorch 2.9 (torch.export + onnxscript): recent opset,
+    IR 10, weights in a .data file beside the model, names taken from the Python code, its own graph
+    optimizer's output (ReduceMean/Reshape where the legacy exporter wrote GlobalAveragePool/Flatten)."""
+    path = Path(folder) / "torch_dynamo.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_model("basic", 12).eval(), (torch.zeros(1, *CHW),), str(path), dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    return _foreign(path.stem, path, "basic", "torch.onnx.export(dynamo=True): opset 18+, IR 10, external weights")
+
+
+# The dynamo exporter needs onnxscript (in the dev extras); where it is missing that one entry is left out.
+_DYNAMO = (torch_dynamo,) if importlib.util.find_spec("onnxscript") is not None else ()
+
 CORPUS: dict[str, Callable[[Path], Foreign]] = {
     f.__name__: f
     for f in (torch_opset9_keep_inits, torch_opset11_bn_kept, torch_opset12, torch_opset13_normalised, sum_residuals,
-              neg1_dims_no_output_shape, nhwc_transpose, tf2onnx_mul_add_bn, matmul_head, caffe2_style)
+              neg1_dims_no_output_shape, nhwc_transpose, tf2onnx_mul_add_bn, matmul_head, caffe2_style, external_data,
+              *_DYNAMO)
 }
 
 

@@ -213,6 +213,55 @@ def test_damaged_copies_end_in_one_line_or_work(corpus, tensors, name, tmp_path)
                     shutil.rmtree(leftover)
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_model_without_its_external_weights_ends_in_one_line(corpus, tensors, damage, tmp_path):
+    """The .onnx copied without its .data file (or with a short one): one line that says so, no output."""
+    src = corpus["external_data"].path
+    copy = tmp_path / "m" / src.name
+    copy.parent.mkdir()
+    copy.write_bytes(src.read_bytes())
+    if damage == "truncated":
+        data = (src.parent / "external_data.onnx.data").read_bytes()
+        (copy.parent / "external_data.onnx.data").write_bytes(data[: len(data) // 2])
+    for command in (
+        ("inspect", copy),
+        ("optimize", copy, "-o", tmp_path / "o" / "opt.onnx"),
+        ("build", copy, "--calib-data", tensors["external_data"], "--num-images", "64", *RANDOM_NET, "--no-bench", "-o", tmp_path / "b"),
+    ):
+        res = invoke(*command)
+        assert res.exit_code != 0, command[0]
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+        want = "which is not beside it" if damage == "missing" else "shorter than the"
+        assert want in errors[0] and "external_data.onnx.data" in errors[0], errors[0]
+        assert files_under(tmp_path / "o") == set() and files_under(tmp_path / "b") == set()
+
+
+def test_a_bundle_from_external_weights_holds_them(corpus, tensors, tmp_path):
+    """The bundle's ONNX files carry the weights themselves: it works after the source's .data is gone."""
+    src = corpus["torch_dynamo" if "torch_dynamo" in corpus else "external_data"]
+    work = tmp_path / "src"
+    work.mkdir()
+    for p in src.path.parent.glob(src.path.name + "*"):  # the model and its .data
+        (work / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "b"
+    res = invoke("build", work / src.path.name, "--calib-data", tensors[src.name], "--num-images", "64", *RANDOM_NET,
+                 "--no-bench", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    import shutil
+
+    shutil.rmtree(work)
+    assert not [p for p in out.rglob("*") if p.suffix == ".data"]
+    from rescompile import runtime
+
+    x = probe(src, 4)
+    with runtime.load(out, pixels=False) as r:
+        got = r.infer(x)
+    fp32 = reference_outputs(out / "model_fp32.onnx", x)
+    assert got.shape == fp32.shape == (4, src.num_classes)
+    assert (got.argmax(1) == fp32.argmax(1)).mean() >= 0.5
+
+
 # -- a normalised-input model with data prepared elsewhere ----------------------------------
 @pytest.fixture(scope="module")
 def normalised(tmp_path_factory):
