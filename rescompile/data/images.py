@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rescompile.data.preprocess import Preprocessing, as_rgb_uint8
+from rescompile.data.preprocess import Preprocessing, pil_rgb_uint8
 from rescompile.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class FileImages(ImageSet):
         path = self.paths[index]
         try:
             with Image.open(path) as img:
-                return as_rgb_uint8(np.asarray(img.convert("RGB")))
+                return pil_rgb_uint8(img)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataError(f"cannot read image {path} ({exc})", "Remove or replace the file") from exc
 

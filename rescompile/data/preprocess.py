@@ -130,6 +130,21 @@ class Preprocessing:
         return self.normalize(self.pixels(images))
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def pil_rgb_uint8(img: Any) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a PIL image of any mode. 16-bit greyscale (Pillow's "I;16" modes, and
+    "I" holding values above 255) is scaled to 8 bits: Pillow's own convert("RGB") clips it at 255,
+    which turns a 16-bit image almost white."""
+    mode = getattr(img, "mode", "")
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        wide = np.asarray(img).astype(np.int64)
+        if mode in _SIXTEEN_BIT_MODES or (wide.size and wide.max() > 255):
+            return as_rgb_uint8(np.clip((wide + 128) // 257, 0, 255).astype(np.uint8))
+    return as_rgb_uint8(np.asarray(img.convert("RGB")))
+
+
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Accept (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 and return (H, W, 3) uint8."""
     image = np.asarray(image)

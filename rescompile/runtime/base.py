@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rescompile.data.preprocess import as_rgb_uint8
+from rescompile.data.preprocess import as_rgb_uint8, pil_rgb_uint8
 from rescompile.errors import RescompileError
 from rescompile.models.spec import ModelSpec
 
@@ -192,7 +192,7 @@ def read_image(image: Any) -> np.ndarray:
 
         try:
             with Image.open(image) as img:
-                return np.asarray(img.convert("RGB"))
+                return pil_rgb_uint8(img)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise RunnerError(f"cannot read image {image} ({exc.__class__.__name__})", "Pass a PNG/JPEG file or an array") from exc
     if isinstance(image, np.ndarray):
@@ -201,7 +201,7 @@ def read_image(image: Any) -> np.ndarray:
         except RescompileError as exc:
             raise RunnerError(f"classify() cannot use this array: {exc.message}", "Pass one HxWx3 uint8 RGB image") from exc
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL to check
-        return np.asarray(image.convert("RGB"))
+        return pil_rgb_uint8(image)
     raise RunnerError(
         f"classify() takes an image array, a PIL image or a path, got {type(image).__name__}",
         "Pass one HxWx3 uint8 RGB image",

@@ -201,3 +201,31 @@ def test_oversized_image_files_are_skipped_unread(tmp_path, monkeypatch, caplog)
     total = len(splits.train) + len(splits.val) + len(splits.test)
     assert total == len(sizes) - len(too_big) and too_big
     assert f"skipped {len(too_big)} unreadable image file" in caplog.text
+
+
+def test_image_modes_from_other_tools_read_as_the_same_rgb_pixels(tmp_path):
+    """One picture saved as 8-bit grey, 16-bit grey (scientific/medical PNGs), RGBA, palette and CMYK JPEG
+    reads as the same RGB pixels from a folder and in the runtime; 16-bit is scaled, not clipped at 255."""
+    from PIL import Image
+
+    from rescompile.data.images import FileImages
+    from rescompile.runtime.base import read_image
+
+    grey = np.kron(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4, np.ones((4, 4), np.uint8))  # 0..252
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    files = {
+        "grey8.png": Image.fromarray(grey),
+        "grey16.png": Image.fromarray(grey.astype(np.uint16) * 257),
+        "rgba.png": Image.fromarray(np.concatenate([rgb, np.full_like(grey, 255)[:, :, None]], axis=2)),
+        "palette.bmp": Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=256),  # 64 greys: lossless
+        "rgb.png": Image.fromarray(rgb),
+    }
+    for name, img in files.items():
+        img.save(tmp_path / name)
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")  # Pillow's 16-bit mode, the case under test
+    paths = [tmp_path / name for name in files]
+    loaded = FileImages(paths, None, ())
+    for i, path in enumerate(paths):
+        for pixels in (loaded.image(i), read_image(path), read_image(Image.open(path))):
+            assert pixels.dtype == np.uint8 and pixels.shape == rgb.shape, path.name
+            assert np.abs(pixels.astype(int) - rgb).max() <= 1, path.name
