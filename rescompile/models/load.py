@@ -223,7 +223,39 @@ def _unwrap_state_dict(obj: Any) -> dict[str, Any] | None:
     return None
 
 
+# Written by every state dict, needed by none (BatchNorm fills in a missing one): not needed for a match.
+_OPTIONAL_BUFFERS = ("num_batches_tracked",)
+
+
+def _essential(keys) -> set[str]:
+    return {k for k in keys if not k.endswith(_OPTIONAL_BUFFERS)}
+
+
+def _under_wrapper(state: dict[str, Any], expected: set[str], path: Path) -> dict[str, Any]:
+    """The model's weights when a wrapper saved them under a prefix: "model." (PyTorch Lightning's
+    attribute), "_orig_mod." (torch.compile), "module." (DataParallel), or nested ones."""
+    if _essential(state) >= expected:
+        return state
+    heads = {k.split(".", 1)[0] + "." for k in state if "." in k}
+    seen: set[str] = set()
+    while heads:
+        prefix = min(heads, key=len)
+        heads.discard(prefix)
+        if prefix in seen:
+            continue
+        seen.add(prefix)
+        inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if _essential(inner) == expected:
+            skipped = len(state) - len(inner)
+            log.info("%s: the model's weights are under %r%s", path, prefix, f" ({skipped} other entries ignored)" if skipped else "")
+            return inner
+        if prefix.count(".") < 3:  # one level deeper: "module._orig_mod.", "model.backbone."
+            heads |= {prefix + k.split(".", 1)[0] + "." for k in inner if "." in k}
+    return state
+
+
 def _load_state(module, state: dict[str, Any], arch: str, path: Path) -> None:
+    state = _under_wrapper(state, _essential(module.state_dict()), path)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

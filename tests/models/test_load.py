@@ -61,6 +61,34 @@ def test_plain_state_dict_needs_arch_and_infers_classes(tmp_path):
         assert torch.allclose(m.module(x), model.eval()(x))
 
 
+@pytest.mark.parametrize("wrap", ["lightning", "torch_compile", "dataparallel_compile"])
+def test_state_dicts_saved_by_training_wrappers_load(tmp_path, wrap):
+    """PyTorch Lightning saves the model under its attribute name ("model."), torch.compile under
+    "_orig_mod.", DataParallel under "module." (here without the BN step counters, as some tools save)."""
+    model = create_model("resnet20", 10).eval()
+    sd = model.state_dict()
+    saved = {
+        "lightning": {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0", "hyper_parameters": {"lr": 0.1},
+                      "state_dict": {**{f"model.{k}": v for k, v in sd.items()}, "criterion.weight": torch.ones(10)}},
+        "torch_compile": {f"_orig_mod.{k}": v for k, v in sd.items()},
+        "dataparallel_compile": {f"module._orig_mod.{k}": v for k, v in sd.items() if not k.endswith("num_batches_tracked")},
+    }[wrap]
+    path = tmp_path / f"{wrap}.ckpt"
+    torch.save(saved, path)
+    m = load_model(path, arch="resnet20")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(m.module(x), model(x))
+
+
+def test_a_wrapped_state_dict_missing_weights_is_still_refused(tmp_path):
+    sd = create_model("resnet20", 10).state_dict()
+    path = tmp_path / "partial.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items() if not k.startswith("layer3.")}}, path)
+    with pytest.raises(ModelError, match="does not match architecture 'resnet20'"):
+        load_model(path, arch="resnet20")
+
+
 def test_malicious_pickle_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
 
