@@ -24,8 +24,11 @@ from rescompile.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-# Per-channel DequantizeLinear (axis) needs opset 13; TensorRT 10 parses up to opset 20.
+# Per-channel DequantizeLinear (axis) needs opset 13. TensorRT 10's ONNX parser (JetPack 6) reads
+# opsets 9-20 (TensorRT 11: up to 25), and ONNX Runtime 1.17 up to 20: newer files are brought to 20.
 MIN_OPSET = 13
+MAX_OPSET = 20
+MAX_IR = 9  # the IR version of opset 20 (ONNX 1.15); exporters write 10 with it, which ONNX Runtime 1.17 refuses
 NCHW_FROM_NHWC = [0, 3, 1, 2]
 FLOAT_INPUTS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
 
@@ -178,6 +181,33 @@ def _convert_opset(model: onnx.ModelProto, path: Path | str) -> onnx.ModelProto:
     return converted
 
 
+def _lower_opset(model: onnx.ModelProto, path: Path | str) -> onnx.ModelProto | None:
+    """The model at MAX_OPSET (a ResNet's ops mean the same there), or None when ONNX's converter cannot."""
+    from onnx import version_converter
+
+    try:
+        lowered = version_converter.convert_version(model, MAX_OPSET)
+        onnx.checker.check_model(lowered)
+    except Exception as exc:  # the converter raises RuntimeError, ValueError, IndexError...
+        log.warning("%s uses opset %d and ONNX's version converter could not bring it to %d (%s): kept as it is; "
+                    "TensorRT 10 (JetPack 6) reads opsets up to %d", path, default_opset(model), MAX_OPSET,
+                    exc.__class__.__name__, MAX_OPSET)
+        return None
+    return lowered
+
+
+def _lower_ir(model: onnx.ModelProto) -> bool:
+    """Set the IR version to MAX_IR when the model is still valid there (no IR 10 types or features)."""
+    before = model.ir_version
+    model.ir_version = MAX_IR
+    try:
+        onnx.checker.check_model(model)
+    except Exception:  # it uses something newer: keep its own
+        model.ir_version = before
+        return False
+    return True
+
+
 def _sum_to_add(model: onnx.ModelProto) -> int:
     """``Sum`` of two tensors is ``Add`` (Caffe2's residual add); of one, an Identity."""
     rewritten = 0
@@ -299,6 +329,15 @@ def normalize_onnx(model: onnx.ModelProto, path: Path | str = "model") -> tuple[
             f"opset {opset} converted to {report.opset_after} (per-channel Q/DQ needs {MIN_OPSET})"
             + (f"; legacy attributes dropped from {stripped} BatchNormalization node(s)" if stripped else "")
         )
+    elif opset > MAX_OPSET:
+        lowered = _lower_opset(work, path)
+        if lowered is not None:
+            work = lowered
+            report.opset_after = MAX_OPSET
+            report.notes.append(f"opset {opset} converted to {MAX_OPSET} (TensorRT 10 reads opsets up to {MAX_OPSET})")
+    if default_opset(work) <= MAX_OPSET and work.ir_version > MAX_IR:
+        if _lower_ir(work):
+            report.notes.append(f"IR version {ir} set to {MAX_IR} (what opset {default_opset(work)} needs; ONNX Runtime 1.17 reads up to {MAX_IR})")
     sums = _sum_to_add(work)
     if sums:
         report.notes.append(f"{sums} Sum node(s) rewritten as Add (residual adds)")

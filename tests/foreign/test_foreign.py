@@ -274,6 +274,39 @@ def test_a_bundle_from_external_weights_holds_them(corpus, tensors, tmp_path):
     assert (got.argmax(1) == fp32.argmax(1)).mean() >= 0.5
 
 
+@pytest.mark.parametrize("opset, ir", [(22, 10), (24, 11)])
+def test_newer_opsets_and_ir_versions_become_what_tensorrt_10_and_older_onnx_runtime_read(corpus, tensors, opset, ir, tmp_path):
+    """TensorRT 10 (JetPack 6) parses opsets up to 20, and ONNX Runtime 1.17 IR versions up to 9: a file
+    from a newer exporter is brought there, and every ONNX file of its bundle with it."""
+    from onnx import version_converter
+
+    from rescompile.models.intake import MAX_IR, MAX_OPSET
+
+    f = corpus["torch_opset13_normalised"]
+    newer = version_converter.convert_version(onnx.load(str(f.path)), opset)
+    newer.ir_version = ir
+    path = tmp_path / f"opset{opset}.onnx"
+    onnx.save(newer, str(path))
+    res = invoke("build", path, "--calib-data", tensors[f.name], "--num-images", "64", *RANDOM_NET, "--no-bench", "-o", tmp_path / "b")
+    assert res.exit_code == 0, res.stderr
+    assert f"opset {opset} converted to {MAX_OPSET}" in " ".join(res.stderr.split())
+    made = [p for p in (tmp_path / "b").glob("*.onnx") if p.name != "model_fp32.onnx"]  # model_fp32.onnx is the source as given
+    assert {"model_opt.onnx", "model_int8_qdq.onnx", "model_int8_cpu.onnx"} <= {p.name for p in made}
+    for p in made:
+        m = onnx.load(str(p))
+        assert next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) == MAX_OPSET, p.name
+        assert m.ir_version <= MAX_IR, p.name
+    x = probe(f)
+    assert np.abs(reference_outputs(tmp_path / "b" / "model_opt.onnx", x) - reference_outputs(f.path, x)).max() < 1e-4
+
+
+def test_the_dynamo_exporters_ir_10_is_set_to_9(built):
+    f = entry(built, "torch_dynamo")
+    assert onnx.load(str(f.path), load_external_data=False).ir_version >= 10  # what the exporter writes
+    model, report = normalize_onnx(onnx.load(str(f.path)), f.path)
+    assert model.ir_version == 9 and any("IR version" in n for n in report.notes)
+
+
 # -- a normalised-input model with data prepared elsewhere ----------------------------------
 @pytest.fixture(scope="module")
 def normalised(tmp_path_factory):
