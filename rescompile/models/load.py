@@ -237,13 +237,9 @@ def _under_wrapper(state: dict[str, Any], expected: set[str], path: Path) -> dic
     if _essential(state) >= expected:
         return state
     heads = {k.split(".", 1)[0] + "." for k in state if "." in k}
-    seen: set[str] = set()
-    while heads:
+    while heads:  # shortest prefix first; each one is tried once (deeper ones only extend it)
         prefix = min(heads, key=len)
         heads.discard(prefix)
-        if prefix in seen:
-            continue
-        seen.add(prefix)
         inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if _essential(inner) == expected:
             skipped = len(state) - len(inner)
