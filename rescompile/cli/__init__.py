@@ -10,8 +10,8 @@ app = typer.Typer(
     name="rescompile",
     help=(
         "Take a ResNet from PyTorch to a fast INT8 inference engine and prove the speed-up.\n\n"
-        "Run [bold]rescompile build[/bold] with no arguments to train the embedded default "
-        "(ResNet-20 on the bundled digits images) and compile it."
+        "Run [bold]rescompile build[/bold] with no arguments to compile the embedded default, a ResNet-20 "
+        "shipped trained on the bundled digits images ([bold]--retrain[/bold] trains it from scratch first)."
     ),
     no_args_is_help=True,
     rich_markup_mode="rich",

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from rescompile._io import sha256_file
 from rescompile.cli import app
 from tests.conftest import files_under
+from tests.tolerance import Tolerance
 
 runner = CliRunner()
 COMMANDS = ["train", "export", "optimize", "inspect", "calibrate", "build", "bench", "predict", "compare", "models"]
@@ -42,6 +43,9 @@ def test_every_command_has_help_with_an_example(command):
 def test_root_help_and_version():
     res = invoke("--help")
     assert res.exit_code == 0 and all(c in res.stdout for c in COMMANDS)
+    # The no-argument build loads the shipped model; only --retrain trains (see the test below).
+    text = " ".join(res.stdout.split())
+    assert "to train the embedded default" not in text and "shipped trained" in text and "--retrain" in text
     assert invoke("--version").stdout.startswith("rescompile ")
 
 
@@ -69,7 +73,9 @@ def test_export_checkpoint_to_onnx(trained, tmp_path):
     res = invoke("export", trained.checkpoint, "-o", out, "--json")
     assert res.exit_code == 0, res.stderr
     result = json.loads(res.stdout)
-    assert result["check"]["passed"] and result["check"]["top1_agreement"] == 1.0
+    assert result["check"]["passed"]  # max |diff| within 1e-4 + 1e-3 * max|logit|: the real check
+    # FP32 against FP32: only logits that tie within float rounding may order differently.
+    Tolerance(1, 5, "FP32 vs FP32 on 5 random inputs").check_agreement_rate(result["check"]["top1_agreement"])
     onnx.checker.check_model(onnx.load(str(out)))
 
 
@@ -89,7 +95,8 @@ def test_build_from_checkpoint_writes_bundle_with_hashes(trained, tmp_path):
     # model and says which it kept instead (which one depends on the last bits of the training run).
     safety = json.loads((tmp_path / "b" / "accuracy.json").read_text())["safety_net"]
     assert cal["method"] == "entropy" or (safety["changed"] and safety["note"].startswith("entropy") and cal["method"] in safety["note"])
-    assert cal["accuracy"]["int8_tensorrt_reference"]["top1_agreement"] >= 0.97
+    Tolerance.from_rate(0.03, 360, "a briefly trained model on the 360 test images").check_agreement_rate(
+        cal["accuracy"]["int8_tensorrt_reference"]["top1_agreement"], "int8_tensorrt_reference")
     assert manifest["optimize"]["residual_blocks"] == manifest["optimize"]["fusable_blocks"] == 9
     report = json.loads((tmp_path / "b" / "fusion_report.json").read_text())
     assert len(report["blocks"]) == 9
@@ -122,7 +129,7 @@ def test_build_with_no_arguments_uses_the_embedded_model_without_training(home, 
     assert (bundle / "manifest.json").exists() and (bundle / "model_fp32.onnx").exists()
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["model"]["source"] == str(embedded_default().path)
-    assert manifest["model"]["metrics"]["test_acc"] >= 0.97  # the shipped weights are the trained ones
+    assert manifest["model"]["metrics"]["test_acc"] >= 0.97  # floor: the shipped weights' recorded metric, not re-measured
     assert not pipeline.default_model_path().exists()  # nothing trained, nothing cached
     # ...and ends with the benchmark against FP32 PyTorch
     text = " ".join(res.stdout.split())
