@@ -185,6 +185,7 @@ class CalibConfig:
     reduce_range: bool | None = None  # CPU artifact: 7-bit weights; None: when the CPU lacks VNNI
     # The safety net (stages/calibrate/safety.py): when INT8 loses more than this many points of
     # top-1, or agrees with FP32 on fewer images than this, other calibrators are tried, then float layers.
+    # Neither bar is ever finer than one of the images judged (safety.bars says why).
     fallback: bool = True
     fallback_max_drop: float = 1.0
     fallback_min_agreement: float = 0.98

@@ -35,7 +35,8 @@ QDQ_ONNX = "model_int8_qdq.onnx"
 CPU_ONNX = "model_int8_cpu.onnx"
 CPU_PIXELS_ONNX = "model_int8_cpu_pixels.onnx"
 # The pixel-input artifact is kept when it agrees with FP32 as well as the float-input one does,
-# give or take this much (its only difference is the padding border of the first conv).
+# give or take this much (its only difference is the padding border of the first conv), and never
+# less than one of the images judged: a single borderline image may move with the CPU's kernels.
 PIXELS_AGREEMENT_SLACK = 0.005
 CACHE = "calibration.cache"
 SCALES = "scales.json"
@@ -298,7 +299,8 @@ def calibrate(
         })
         if pix_score is not None:
             accuracy["int8_cpu_pixels_onnxruntime"] = {**pix_score.to_dict(), "drop_points": drop_points(evaluate.fp32, pix_score)}
-            if pix_score.top1_agreement < cpu_score.top1_agreement - PIXELS_AGREEMENT_SLACK:
+            slack = max(PIXELS_AGREEMENT_SLACK, 1.0 / max(pix_score.images, 1))
+            if pix_score.top1_agreement < cpu_score.top1_agreement - slack - 1e-9:
                 pixels = replace(pixels, model=None, reason=f"it agrees with FP32 on {pix_score.top1_agreement:.2%} of the images, "
                                  f"the float-input CPU artifact on {cpu_score.top1_agreement:.2%}")
         elif pixels.model is not None:  # what was checked cannot check it: not written unchecked
