@@ -12,8 +12,14 @@ from rescompile.bench.report import latency_figure, speedup_figure, verdict_and_
 from rescompile.config import BenchConfig, BuildConfig, CalibConfig
 from rescompile.errors import ConfigError
 from tests.cli.test_cli import invoke, one_line_error
+from tests.tolerance import Tolerance
 
 FAST = dict(warmup_s=0.05, min_runs=5, max_s=0.2, max_eval_images=120)
+# The INT8 backends of a model trained for five epochs in this session, on 120 test images: the
+# borderline images differ from CPU to CPU, so INT8 may differ from FP32 on a few of them.
+INT8_DIFFER = Tolerance(3, 120, "a briefly trained model's borderline images; a wrong backend differs on dozens")
+INT8_GAP = Tolerance(3, 120, "top-1 within 3 images of FP32, either way")
+PIXELS_GAP = Tolerance(2, 120, "the pixel-input artifact differs from the float one only on the padding border")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +51,10 @@ def test_accuracy_of_every_backend(report):
     acc = {a.key: a for a in report.accuracy}
     assert set(acc) == {"torch-fp32", "ort-fp32", "ort-int8", "ort-int8-qstatic"}
     assert acc["torch-fp32"].agreement == 1.0 and acc["torch-fp32"].images == 120
-    assert acc["ort-fp32"].cosine > 0.99999 and acc["ort-int8"].agreement >= 0.97
-    assert acc["torch-fp32"].top1 >= 0.95 and abs(acc["ort-int8"].top1 - acc["torch-fp32"].top1) <= 0.03
+    assert acc["ort-fp32"].cosine > 0.99999  # FP32 both: the same logits up to float rounding
+    INT8_DIFFER.check_agreement_rate(acc["ort-int8"].agreement, "ort-int8")
+    assert acc["torch-fp32"].top1 >= 0.95  # floor: a sanity check on the fixture, far above chance (10%)
+    INT8_GAP.check_gap_points(100 * (acc["torch-fp32"].top1 - acc["ort-int8"].top1), "ort-int8")
 
 
 def test_files_verdict_and_environment(report, bundle):
@@ -102,7 +110,8 @@ def test_from_pixels_times_every_backend_from_uint8_and_adds_the_pixel_artifact(
     floats = [m for m in rep.measurements if m.key != "ort-int8-pixels"]
     assert normalised.count((1, 32, 32, 3)) >= sum(m.stats.runs + m.stats.warmup_runs for m in floats)
     acc = {a.key: a for a in rep.accuracy}
-    assert acc["ort-int8-pixels"].agreement >= 0.97 and abs(acc["ort-int8-pixels"].top1 - acc["ort-int8"].top1) <= 0.02
+    INT8_DIFFER.check_agreement_rate(acc["ort-int8-pixels"].agreement, "ort-int8-pixels")
+    PIXELS_GAP.check_gap_points(100 * (acc["ort-int8"].top1 - acc["ort-int8-pixels"].top1), "ort-int8-pixels")
     assert "the pixel-input CPU artifact is" in rep.verdict and rep.verdict.endswith("both from uint8 pixels")
     assert rep.environment["input"].startswith("uint8 pixels") and "Input: uint8 pixels" in rep.files["markdown"].read_text()
     res = invoke("bench", bundle, "--from-pixels", "--batch-sizes", "1", "--threads", "1", "--warmup-s", "0.05", "--min-runs", "3",

@@ -11,6 +11,7 @@ from rescompile.bundle import read_manifest, verify
 from rescompile.stages.build import build_target
 from tests.cli.test_cli import invoke, one_line_error
 from tests.conftest import files_under
+from tests.tolerance import Tolerance
 
 FAST = ("--num-images", "64")
 
@@ -108,7 +109,8 @@ def test_real_engine_build_and_rebuild(trained, tmp_path, precision):
     assert invoke("build", "--no-bench", "--from-bundle", out).exit_code == 0
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     with runtime.load(out, backend="tensorrt") as trt_runner, runtime.load(out, backend="onnxruntime") as ort_runner:
-        assert (trt_runner.infer(x).argmax(1) == ort_runner.infer(x).argmax(1)).mean() >= 0.75
+        # 4 random-normal inputs, INT8 engine vs the CPU artifact: 1 may order its logits differently.
+        Tolerance(1, 4, "random inputs near a tie").check_agreement(trt_runner.infer(x).argmax(1), ort_runner.infer(x).argmax(1))
 
 
 def test_from_bundle_path_never_imports_pytorch(int8_bundle):

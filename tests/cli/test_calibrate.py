@@ -118,7 +118,9 @@ def test_build_int8_with_auto_and_max_drop(trained, tmp_path):
     assert manifest["calibration"]["method"] in {"entropy", "percentile", "mse", "max"}
     acc = json.loads((out / "accuracy.json").read_text())
     assert len(acc["auto_candidates"]) == 5 and len(acc["sensitivity"]) == 22
-    assert acc["accuracy"]["int8_tensorrt_reference"]["drop_points"] <= 0.5
+    # --max-accuracy-drop is a contract, not a tolerance: the float-layer loop judged these same test
+    # images, so the drop it reports is the one it stopped at.
+    assert acc["accuracy"]["int8_tensorrt_reference"]["drop_points"] <= 0.5 + 1e-9  # floor: the option's own bound
 
 
 def test_calibrate_from_scales_json(trained, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 
 from rescompile.bundle import read_manifest, verify
 from tests.cli.test_cli import invoke, one_line_error
+from tests.tolerance import Tolerance
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +68,7 @@ def test_predict_classifies_digits(default_bundle, digit_pngs, monkeypatch):
     preds = data["predictions"]
     assert len(preds) == 60 and all(len(p["top"]) == 2 for p in preds)
     right = sum(p["top"][0]["label"] == Path(p["image"]).stem.split("label")[1] for p in preds)
-    assert right >= 57  # the INT8 model keeps the FP32 model's ~99%
+    assert right >= 57  # floor: the INT8 model keeps the FP32 model's ~99%: at most 3 of these 60 wrong
     table = invoke("predict", *sorted(digit_pngs.iterdir())[:3], "--bundle", default_bundle)
     assert table.exit_code == 0 and "predictions (onnxruntime" in table.stdout
 
@@ -80,15 +81,21 @@ def test_classify_runs_the_pixel_artifact_and_agrees_with_the_float_one(default_
     assert "cpu_int8_pixels_onnx" in m.files  # written by the build, listed and hashed like every artifact
     acc = json.loads((default_bundle / "accuracy.json").read_text())["accuracy"]
     pix, flt = acc["int8_cpu_pixels_onnxruntime"], acc["int8_cpu_onnxruntime"]
-    assert pix["drop_points"] <= 0.0 and pix["top1_agreement"] >= 0.995  # measured at build time on the test split
-    assert abs(pix["top1_agreement"] - flt["top1_agreement"]) <= 0.005
+    # Measured at build time on the 360-image test split, by ONNX Runtime's integer kernels, which
+    # differ between CPUs (VNNI or not, and 7-bit weights without it): one borderline image may move.
+    # The default loses nothing on the CPUs measured (README), which is a claim of the README, not of this test.
+    n = pix["images"]
+    one = Tolerance(1, n, "the shipped model; ONNX Runtime's kernels differ by CPU")
+    one.check_drop_points(pix["drop_points"], "pixel artifact")
+    Tolerance(2, n, "two borderline images of the shipped model").check_agreement_rate(pix["top1_agreement"], "pixel artifact")
+    one.check_gap_points(100 * (pix["top1_agreement"] - flt["top1_agreement"]), "pixel vs float artifact")
     files = sorted(digit_pngs.iterdir())
     with runtime.load(default_bundle) as fast, runtime.load(default_bundle, pixels=False) as plain:
         assert fast.takes_pixels and fast.pixels_source.endswith("model_int8_cpu_pixels.onnx") and not plain.takes_pixels
         images = [read_image(f) for f in files]
         pixels = fast.spec.preprocessing.pixels(images)
         a, b = fast.infer_pixels(pixels), plain.infer(fast.spec.preprocessing(images))
-        assert (a.argmax(1) == b.argmax(1)).mean() >= 59 / 60
+        Tolerance(1, len(files), "the two artifacts differ only on the padding border").check_agreement(a.argmax(1), b.argmax(1))
         assert np.abs(a - b).max() <= 0.1 * np.abs(b).max()
         assert fast.infer(fast.spec.preprocessing(images[:2])).shape == (2, 10)  # float input still works (its session opens on demand)
         assert [p.index for p in fast.classify(files[0], top_k=3)] == [int(i) for i in np.argsort(-a[0])[:3]]

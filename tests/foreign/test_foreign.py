@@ -17,6 +17,7 @@ from rescompile.stages.optimize.graph import Graph
 from tests.cli.test_cli import invoke, one_line_error
 from tests.conftest import files_under
 from tests.foreign.corpus import CORPUS, build_all, reference_outputs, trained_normalised_digits
+from tests.tolerance import Tolerance
 
 NAMES = sorted(CORPUS)
 # The corpus nets have random weights: INT8 agrees with FP32 on only ~70% of random inputs, which
@@ -271,7 +272,8 @@ def test_a_bundle_from_external_weights_holds_them(corpus, tensors, tmp_path):
         got = r.infer(x)
     fp32 = reference_outputs(out / "model_fp32.onnx", x)
     assert got.shape == fp32.shape == (4, src.num_classes)
-    assert (got.argmax(1) == fp32.argmax(1)).mean() >= 0.5
+    # Random weights and 4 probes: INT8 of an untrained net is rough; a broken bundle agrees on none.
+    Tolerance(2, 4, "random weights").check_agreement(got.argmax(1), fp32.argmax(1))
 
 
 @pytest.mark.parametrize("opset, ir", [(22, 10), (24, 11)])
@@ -308,6 +310,11 @@ def test_the_dynamo_exporters_ir_10_is_set_to_9(built):
 
 
 # -- a normalised-input model with data prepared elsewhere ----------------------------------
+# The model is trained on the machine the test runs on, so its borderline held-out images differ
+# from CPU to CPU: INT8 moved 0-2 of the 540 on every CPU and seed measured (benchmarks/
+# tolerance_noise.py); a clipping failure moves 13 or more.
+GAP = Tolerance(2, 540, "INT8 top-1 within 2 held-out images of FP32, either way")
+DIFFER = Tolerance(5, 540, "agreement with FP32 >= 99.07%")
 @pytest.fixture(scope="module")
 def normalised(tmp_path_factory):
     folder = tmp_path_factory.mktemp("normalised")
@@ -324,19 +331,20 @@ def test_normalised_model_calibrated_from_tensors_keeps_its_accuracy(normalised,
     assert res.exit_code == 0, res.stderr
     acc = json.loads(res.stdout)["accuracy"]
     fp32, trt, cpu = acc["fp32"], acc["int8_tensorrt_reference"], acc["int8_cpu_onnxruntime"]
-    assert fp32["top1"] >= 0.95
-    assert abs(trt["top1"] - fp32["top1"]) * 100 <= 0.3, acc
-    assert cpu["top1_agreement"] >= 0.99, acc
+    assert fp32["top1"] >= 0.95  # floor: the model trains to ~98-99% on any CPU; chance is 10%
+    GAP.check_gap_points(100 * (trt["top1"] - fp32["top1"]), "int8_tensorrt_reference")
+    DIFFER.check_agreement_rate(cpu["top1_agreement"], "int8_cpu_onnxruntime")
     # The whole held-out set (540 images): the Q/DQ model as TensorRT computes it, and the CPU
     # artifact as ONNX Runtime deploys it.
     import onnxruntime as ort
 
     ref = reference_outputs(f.path, data["eval_x"]).argmax(1)
     q = reference_outputs(out / "model_int8_qdq.onnx", data["eval_x"]).argmax(1)
-    assert abs((q == data["eval_y"]).mean() - (ref == data["eval_y"]).mean()) * 100 <= 0.3 + 1e-9
+    GAP.check_gap_points(100 * ((q == data["eval_y"]).mean() - (ref == data["eval_y"]).mean()), "Q/DQ")
     cpu = ort.InferenceSession(str(out / "model_int8_cpu.onnx"), providers=["CPUExecutionProvider"])
     c = cpu.run(None, {cpu.get_inputs()[0].name: data["eval_x"]})[0].argmax(1)
-    assert (q == ref).mean() >= 0.99 and (c == ref).mean() >= 0.99
+    DIFFER.check_agreement(q, ref, "Q/DQ")
+    DIFFER.check_agreement(c, ref, "CPU artifact")
 
 
 def test_images_where_tensors_were_meant_say_how_to_fix(normalised, tmp_path):
@@ -371,4 +379,4 @@ def test_named_preprocessing_is_recorded_and_applied_by_predict(normalised, tmp_
     res = invoke("predict", images, "--bundle", out, "--top-k", "1", "--json")
     assert res.exit_code == 0, res.stderr
     got = [int(p["top"][0]["label"]) for p in json.loads(res.stdout)["predictions"]]
-    assert (np.asarray(got) == y).mean() >= 0.95
+    assert (np.asarray(got) == y).mean() >= 0.95  # floor: at most 3 of 60 wrong, for a ~98% model

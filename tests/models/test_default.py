@@ -29,7 +29,7 @@ def test_the_embedded_model_matches_its_record_and_recipe():
         elif key != "num_threads":
             assert value == expected[key], key
     assert record["seed"] == DEFAULT_TRAIN.seed
-    assert record["test_top1"] >= 0.97
+    assert record["test_top1"] >= 0.97  # floor: the shipped record (fixed numbers), not re-measured here
 
 
 def test_build_loads_the_embedded_weights_with_their_metrics():

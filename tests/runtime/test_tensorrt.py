@@ -25,6 +25,7 @@ from rescompile.stages.export import onnx_from_torch
 from tests.runtime.test_bundle import SPEC, write_manifest
 from tests.trt_api.machine import MAGIC, Machine, install
 from tests.trt_api.surface import VERSIONS
+from tests.tolerance import Tolerance
 
 L4 = GpuInfo("NVIDIA L4", "8.9")
 PROFILE = ((1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32))
@@ -216,7 +217,8 @@ def test_real_engine_matches_onnxruntime(real_trt, onnx_path, tmp_path):
         # Polygraphy's CreateConfig clears TF32 unless asked for it, so this is FP32; kernels still sum in
         # another order than ONNX Runtime: compare by direction and top-1
         cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
-        assert cos.min() > 0.999 and (got.argmax(1) == ref.argmax(1)).all()
+        assert cos.min() > 0.999
+        Tolerance(1, len(x), "random inputs whose top two logits nearly tie").check_agreement(got.argmax(1), ref.argmax(1))
         assert runner.infer(x[:1]).shape == (1, 10)
         with pytest.raises(RunnerError, match="batches of 1 to 16"):
             runner.infer(np.zeros((17, 3, 32, 32), np.float32))

@@ -22,6 +22,7 @@ from rescompile.errors import ConfigError, EngineBuildError
 from rescompile.runtime import RuntimeMismatchError
 from tests.trt_api.machine import Machine, install
 from tests.trt_api.surface import VERSIONS
+from tests.tolerance import Tolerance
 
 JETPACK6, NEWEST_10, NEWEST_11 = VERSIONS
 ORIN = {"gpu_name": "NVIDIA Jetson AGX Orin", "compute_capability": "8.7", "jetson": True, "dla_cores": 2}
@@ -87,7 +88,8 @@ def test_engine_from_bundle_runs_on_every_version(version, precision, bundle, mo
         top1 = np.concatenate([runner.infer(x[i:i + 32]) for i in range(0, len(x), 32)]).argmax(1)
     with runtime.load(bundle, backend="onnxruntime") as cpu:
         ref = cpu.infer(x[:32]).argmax(1)
-    assert (top1 == y).mean() > 0.95 and (top1[:32] == ref).mean() >= 0.9
+    assert (top1 == y).mean() > 0.95  # floor: the bundle's model is ~98% on digits; chance is 10%
+    Tolerance(3, 32, "the simulated engine against the CPU artifact").check_agreement(top1[:32], ref)
     assert result.engine.report is not None  # the inspector's layers reached the report
 
 

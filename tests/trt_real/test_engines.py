@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from rescompile.config import BuildConfig, CalibConfig, DataConfig, Optimizer, Precision, TrainConfig
+from tests.tolerance import Tolerance
 
 pytestmark = [pytest.mark.trt, pytest.mark.gpu]
 
@@ -60,8 +61,10 @@ def test_engine_builds_runs_and_agrees_with_fp32(sources, model, precision, tmp_
     with runtime.load(out) as runner:
         assert runner.backend == "tensorrt"
         got = predictions(runner, x)
-    agreement = (got == ref).mean()
-    assert agreement >= (0.99 if precision == Precision.int8 else 0.995), agreement
+    # 1% of the 360 test images for INT8, 0.5% for FP16/FP32 (kernels that sum in another order move
+    # only images whose top two logits nearly tie); never less than one image.
+    tol = Tolerance.from_rate(0.01 if precision == Precision.int8 else 0.005, len(ref), f"TensorRT {precision.value} vs FP32")
+    tol.check_agreement(got, ref, precision.value)
     if precision == Precision.int8:
         report = engine["report"]
         assert report and report["residual_blocks"] > 0

@@ -16,6 +16,7 @@ from rescompile.stages.calibrate.calibrators import compute_amax
 from rescompile.stages.calibrate.pixels import PIXELS_INPUT, PIXELS_METADATA_KEY, pixel_input_model
 from rescompile.stages.calibrate.qdq import has_vnni, qdq_for_cpu
 from rescompile.stages.calibrate.stage import input_range
+from tests.tolerance import Tolerance
 
 
 def cpu_model(model, stats, prep: Preprocessing | None = None, reduce_range: bool = False):
@@ -51,8 +52,13 @@ def test_pixel_model_keeps_the_float_artifacts_accuracy(r20, r20_stats, test_ima
     assert {p.key: p.value for p in fold.model.metadata_props}[PIXELS_METADATA_KEY] == "uint8-rgb-nhwc"
     ev = Evaluator(r20.onnx, test_images, prep)
     pix, flt = ev.pixels(fold.model), ev(cpu, reference=False)
-    assert pix.top1_agreement >= 0.995 and pix.top1 >= ev.fp32.top1 - 0.005
-    assert pix.top1_agreement >= flt.top1_agreement - 0.005
+    # r20 is trained for five epochs on the machine the test runs on, and the artifacts run ONNX
+    # Runtime's integer kernels of this CPU: a few of these 180 borderline images may move. The
+    # pixel artifact differs from the float one only on the padding border of the first conv.
+    n = len(test_images)
+    Tolerance(3, n, "INT8 of a briefly trained model").check_agreement_rate(pix.top1_agreement, "pixels vs FP32")
+    Tolerance(2, n, "INT8 of a briefly trained model").check_drop_points(100 * (ev.fp32.top1 - pix.top1), "pixels vs FP32")
+    Tolerance(1, n, "only the padding border differs").check_gap_points(100 * (flt.top1_agreement - pix.top1_agreement))
     images = test_images.images(range(16))
     a, b = run(fold.model, prep.pixels(images)), run(cpu, prep(images))
     assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
@@ -134,7 +140,8 @@ def test_calibrate_writes_it_only_when_it_was_checked(r20, digits, tmp_path):
     cfg = CalibConfig(method="max", num_images=64, min_images=1, fallback=False)
     images = calibrate(r20.onnx, r20.spec, tmp_path / "images", images=calib, config=cfg, eval_test=test)
     assert images.pixels_path == tmp_path / "images" / CPU_PIXELS_ONNX and images.pixels_path.is_file()
-    assert images.accuracy["int8_cpu_pixels_onnxruntime"]["top1_agreement"] >= 0.99
+    Tolerance(2, len(test), "INT8 (max calibrator) of a briefly trained model").check_agreement_rate(
+        images.accuracy["int8_cpu_pixels_onnxruntime"]["top1_agreement"])
     assert images.accuracy["cpu_pixels"]["written"] and images.accuracy["cpu_pixels"]["zero_point"] == 78
     # Evaluation data that are model-ready tensors cannot check a model that takes pixels: not written.
     tensors = TensorSet(np.concatenate([x for x, _ in iter_batches(test, r20.spec.preprocessing, 64)]), test.labels, test.classes)

@@ -14,6 +14,7 @@ from rescompile.stages.calibrate.lint import lint_qdq
 from rescompile.stages.calibrate.qdq import has_vnni, qdq_for_cpu, qdq_for_tensorrt, quantizable_layers, quantize_weights
 from rescompile.stages.optimize.graph import Graph
 from rescompile.stages.optimize.residual import find_residual_blocks
+from tests.tolerance import Tolerance
 
 
 def unit_amax(model: onnx.ModelProto) -> dict[str, float]:
@@ -106,10 +107,16 @@ def test_float_layers_are_left_unquantized(r20):
     assert not lint_qdq(q).passed  # without being told, the lint names them
 
 
+# r20 is trained for five epochs on the machine the test runs on: 2% of the 360 test images (7) may
+# change their prediction under INT8; broken scales change far more (the cosine check below).
+INT8_DIFFER = Tolerance(7, 360, "INT8 of a briefly trained model, 2% of the test split")
+
+
 def test_trt_model_tracks_fp32_under_reference_semantics(r20, r20_stats, digits):
     ev = Evaluator(r20.onnx, digits.test, r20.spec.preprocessing)
     score = ev(qdq_for_tensorrt(r20.onnx, compute_amax(r20_stats, "percentile", 99.99)))
-    assert score.top1_agreement >= 0.98 and score.cosine > 0.999
+    INT8_DIFFER.check_agreement_rate(score.top1_agreement)
+    assert score.cosine > 0.999  # a mean over 360 images: no single image moves it
     # Broken scales are visible: an amax 100x too small everywhere ruins the logits.
     tiny = {k: v / 100 for k, v in compute_amax(r20_stats, "max").items()}
     assert ev(qdq_for_tensorrt(r20.onnx, tiny)).cosine < 0.99
@@ -139,7 +146,8 @@ def test_cpu_model_runs_fast_kernels_and_tracks_fp32(r20, r20_stats, digits, red
     assert len(biases) == sum(n.op_type in ("Conv", "Gemm") for n in cpu.graph.node)
     ev = Evaluator(r20.onnx, digits.test, r20.spec.preprocessing)
     score = ev(cpu, reference=False)
-    assert score.top1_agreement >= 0.98 and score.cosine > 0.999
+    INT8_DIFFER.check_agreement_rate(score.top1_agreement)
+    assert score.cosine > 0.999  # a mean over 360 images: no single image moves it
     # ONNX Runtime really fuses it into integer kernels (optimized graph has QLinearConv).
     import onnxruntime as ort
 

@@ -17,6 +17,7 @@ from rescompile.stages.calibrate.accuracy import Evaluator
 from rescompile.stages.calibrate.cache import read_cache
 from rescompile.stages.calibrate.qdq import qdq_for_tensorrt, quantizable_layers
 from rescompile.stages.calibrate.stage import _keep_float_until, calibrate, layer_sensitivity
+from tests.tolerance import Tolerance
 
 FAST = CalibConfig(num_images=128, min_images=16)
 
@@ -50,8 +51,12 @@ def test_artifacts_come_from_one_set_of_scales(result):
 def test_accuracy_report_and_lint(result):
     acc = json.loads(result.accuracy_path.read_text())["accuracy"]
     assert acc["evaluated"] and acc["images"] == 360
+    # r20 is trained for five epochs on the machine the test runs on: its borderline images move.
+    differ = Tolerance(7, 360, "2% of the test split: the safety net's own bar")
+    lost = Tolerance(3, 360, "1 point of top-1, rounded down to whole images: the safety net's own bar")
     for key in ("int8_tensorrt_reference", "int8_cpu_onnxruntime"):
-        assert acc[key]["top1_agreement"] >= 0.98 and acc[key]["drop_points"] <= 1.0
+        differ.check_agreement_rate(acc[key]["top1_agreement"], key)
+        lost.check_drop_points(acc[key]["drop_points"], key)
     assert result.lint["passed"]
 
 
@@ -123,7 +128,8 @@ def test_sensitivity_finds_a_broken_layer_and_max_drop_keeps_it_float(r20, r20_s
     assert len(ranking) == len(layers)
     assert ranking[0]["layer"] == victim and ranking[0]["drop_points"] > 2.0
     floats, score = _keep_float_until(r20.onnx, amax, ranking, ev, max_drop=0.5)
-    assert floats[0] == victim and 100 * (ev.fp32.top1 - score.top1) <= 0.5
+    # max_drop is a contract, not a tolerance: the loop stopped when these same images lost <= 0.5 points.
+    assert floats[0] == victim and 100 * (ev.fp32.top1 - score.top1) <= 0.5 + 1e-9  # floor: the loop's own bound
     assert len(floats) < len(layers) // 2
     q = qdq_for_tensorrt(r20.onnx, amax, float_layers=floats)
     assert ev(q).top1 == score.top1
@@ -135,6 +141,7 @@ def test_max_accuracy_drop_through_the_stage(r20, digits, tmp_path):
         eval_test=digits.test,
     )
     assert res.sensitivity and res.lint["passed"]  # float layers are declared to the lint
+    # A contract, as above: the float-layer loop judged the same test images the report measures.
     assert res.accuracy["int8_tensorrt_reference"]["drop_points"] <= 0.0
     assert json.loads(res.scales_path.read_text())["float_layers"] == res.float_layers
 
