@@ -1,41 +1,55 @@
-"""Recognise residual blocks and say whether TensorRT can fuse each one.
+"""Recognise residual blocks by their structure, and say what TensorRT can fuse in each one.
 
-A residual block ends in an ``Add`` of two computed tensors that share an ancestor: the
-branch (Conv[-ReLU]-Conv, or the bottleneck Conv-ReLU-Conv-ReLU-Conv) and the skip
-(identity, or a 1x1 projection Conv). TensorRT fuses Conv+bias+ReLU, and the branch's last
-Conv with the Add and the ReLU after it, when nothing sits in between.
+A residual block is an ``Add`` of two computed tensors that meet again at one tensor upstream,
+the block input: one side (the branch) reaches it through convolutions, the other (the skip)
+directly (identity) or through a projection (a 1x1 Conv, or average-pool + 1x1 Conv as in
+ResNet-D). What sits inside the branch does not matter for finding it: squeeze-excitation
+(GlobalAveragePool/ReduceMean -> 1x1 convs or Gemm -> Sigmoid -> Mul), other sigmoid gates,
+BN-ReLU before the convs (pre-activation, ResNetV2: no ReLU after the Add), grouped convs
+(ResNeXt), wide bottlenecks, Q/DQ pairs of an already quantized model. The block input is the
+nearest tensor both sides come from; the branch and the skip are the nodes on the paths from it.
+
+TensorRT fuses Conv+bias+ReLU, and the branch's last Conv with the Add (and the ReLU after it,
+when there is one) when the Conv feeds the Add directly. A gate between them (SE's Mul) stops
+that fusion: TensorRT then runs the gate's Mul, the Add and the ReLU as one pointwise kernel.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import onnx
 
 from rescompile.stages.optimize.graph import Graph, attr
 
-# Ops a block's chains may pass through while walking back to the block input. Q/DQ nodes
-# are included so that blocks are still found in quantized models.
-_CHAIN_OPS = {"Conv", "Relu", "BatchNormalization", "Mul", "Add", "Identity", "Dropout", "Cast", "MaxPool", "AveragePool",
-              "QuantizeLinear", "DequantizeLinear"}
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
-_MAX_DEPTH = 32  # a quantized bottleneck branch is about 20 nodes long
+_PASS_THROUGH = _QDQ | {"Identity", "Dropout", "Cast"}  # they do not change what a skip is
+_POOLS = {"GlobalAveragePool", "ReduceMean", "AveragePool", "GlobalMaxPool", "ReduceMax"}
+_GATES = {"Sigmoid", "HardSigmoid"}
+_WEIGHTED = {"Conv": 0, "Gemm": 0, "MatMul": 0, "BatchNormalization": 0, "QuantizeLinear": 0, "DequantizeLinear": 0}
+_MAX_HOPS = 96  # a quantized bottleneck with squeeze-excitation is about 40 nodes from its input
 
 
 @dataclass
 class ResidualBlock:
     name: str
-    kind: str  # basic | bottleneck | other
-    skip: str  # identity | projection | other
+    kind: str  # basic | bottleneck | other (by the branch's main convs, SE convs not counted)
+    skip: str  # identity | projection | pool-projection | other
     branch_convs: list[str]
     skip_convs: list[str]
     conv_bn_fusable: bool  # no BatchNormalization left in the block
     conv_relu_fusable: bool  # every inner branch Conv feeds its ReLU directly
-    add_relu_fusable: bool  # branch's last Conv feeds the Add directly, and the Add its ReLU
+    add_relu_fusable: bool  # the branch's last Conv feeds the Add directly (and the Add its ReLU, post-activation)
     blockers: list[str] = field(default_factory=list)
     add: str = ""  # the Add node's output tensor
     skip_input: str = ""  # the Add input that comes from the skip (identity or projection)
     branch_input: str = ""  # the Add input that comes from the branch
+    holds: list[str] = field(default_factory=list)  # what the branch holds beyond convs and ReLUs, one phrase each
+    preactivation: bool = False  # BN-ReLU before the convs, no ReLU after the Add (ResNetV2)
+    groups: int = 1  # the largest group count among the branch's main convs (ResNeXt: > 1)
+    gates: list[str] = field(default_factory=list)  # the gating Mul nodes' outputs (squeeze-excitation, attention)
+    gate_nodes: list[str] = field(default_factory=list)  # every node output on the gates' side paths (pool .. sigmoid)
 
     @property
     def fusable(self) -> bool:
@@ -64,41 +78,163 @@ class FusionReport:
         return d
 
 
-def _walk_back(g: Graph, tensor: str, producers) -> list[tuple[str, onnx.NodeProto | None]]:
-    """[(tensor, node that produced it)] from ``tensor`` back along data inputs."""
-    path = []
-    for _ in range(_MAX_DEPTH):
-        node = producers.get(tensor)
-        path.append((tensor, node))
-        if node is None or node.op_type not in _CHAIN_OPS:
-            break
-        dynamic = [x for x in node.input[:1 if node.op_type in ("Conv", "BatchNormalization") else None] if x and not g.is_const(x)]
-        if len(dynamic) != 1:
-            break  # the previous block's residual Add, a graph input, ...
-        tensor = dynamic[0]
-    return path
+class _Index:
+    """Producers, consumers and which tensors are computed from the graph input, built once."""
+
+    def __init__(self, g: Graph) -> None:
+        self.g = g
+        self.producers = g.producers()
+        self.consumers = g.consumers()
+        self.order = {id(n): i for i, n in enumerate(g.g.node)}
+        init = {t.name for t in g.g.initializer}
+        live = {i.name for i in g.g.input if i.name not in init}
+        for n in g.g.node:  # ONNX graphs are topologically sorted
+            if any(x in live for x in n.input if x):
+                live.update(o for o in n.output if o)
+        self.live = live
+
+    def data_inputs(self, node: onnx.NodeProto) -> list[str]:
+        """The inputs that carry activations (weights, scales and shapes are constants or computed from them)."""
+        first = _WEIGHTED.get(node.op_type)
+        names = node.input[:1] if first is not None else node.input
+        return [x for x in names if x and x in self.live]
+
+    def ancestors(self, tensor: str) -> dict[str, int]:
+        """Every activation ``tensor`` is computed from, with its distance in nodes, up to _MAX_HOPS."""
+        dist = {tensor: 0}
+        queue = deque([tensor])
+        while queue:
+            t = queue.popleft()
+            node = self.producers.get(t)
+            if node is None or dist[t] >= _MAX_HOPS:
+                continue
+            for x in self.data_inputs(node):
+                if x not in dist:
+                    dist[x] = dist[t] + 1
+                    queue.append(x)
+        return dist
+
+    def between(self, start: str, end: str, upstream: dict[str, int]) -> list[onnx.NodeProto]:
+        """Nodes on the paths from ``start`` to ``end`` (``upstream``: end's ancestors), in graph order."""
+        reached, nodes = {start}, []
+        candidates = sorted({id(self.producers[t]): self.producers[t] for t in upstream if t in self.producers}.values(),
+                            key=lambda n: self.order[id(n)])
+        for n in candidates:
+            if any(x in reached for x in self.data_inputs(n)) and any(o in upstream for o in n.output):
+                reached.update(n.output)
+                nodes.append(n)
+        return nodes
 
 
-def _split(g: Graph, add: onnx.NodeProto, producers):
-    """(branch nodes, skip nodes, branch input, skip input) of a two-input Add; None if not a block.
+def _label(node: onnx.NodeProto) -> str:
+    return node.name or node.output[0]
 
-    Nodes are ordered from the Add backwards.
-    """
+
+def _gates(ix: _Index, branch: list[onnx.NodeProto]) -> tuple[list[onnx.NodeProto], set[int]]:
+    """The gating Mul nodes of a branch (one input through a Sigmoid) and the ids of every node on
+    their side paths (the squeeze: pool, convs or Gemms, activations, the sigmoid, reshapes)."""
+    inside = {id(n) for n in branch}
+    gates, side = [], set()
+    for mul in branch:
+        if mul.op_type != "Mul" or len(ix.data_inputs(mul)) != 2:
+            continue
+        for x in mul.input:
+            path, stack, seen = [], [x], set()
+            while stack:  # back from the gate input, inside the branch, until the pool
+                t = stack.pop()
+                node = ix.producers.get(t)
+                if node is None or id(node) not in inside or t in seen:
+                    continue
+                seen.add(t)
+                path.append(node)
+                if node.op_type not in _POOLS:
+                    stack.extend(ix.data_inputs(node))
+            if any(n.op_type in _GATES for n in path) and any(n.op_type in _POOLS for n in path):
+                gates.append(mul)
+                side.update(id(n) for n in path)
+                break
+    return gates, side
+
+
+def _skip_kind(skip: list[onnx.NodeProto]) -> str:
+    core = [n for n in skip if n.op_type not in _PASS_THROUGH]
+    convs = [n for n in core if n.op_type == "Conv"]
+    if not core:
+        return "identity"
+    if len(convs) == 1 and tuple(attr(convs[0], "kernel_shape") or ()) == (1, 1):
+        rest = {n.op_type for n in core if n is not convs[0]}
+        if not rest or rest <= {"BatchNormalization", "Mul", "Add"}:
+            return "projection"
+        if rest & {"AveragePool", "MaxPool"} and rest <= {"AveragePool", "MaxPool", "BatchNormalization", "Mul", "Add"}:
+            return "pool-projection"  # ResNet-D: average-pool, then the 1x1 conv
+    return "other"
+
+
+def _block(ix: _Index, add: onnx.NodeProto, index: int) -> ResidualBlock | None:
     a, b = add.input[0], add.input[1]
-    if not a or not b or g.is_const(a) or g.is_const(b):
+    if not a or not b or a not in ix.live or b not in ix.live or a == b:
         return None
-    pa, pb = _walk_back(g, a, producers), _walk_back(g, b, producers)
-    tensors_a = [t for t, _ in pa]
-    for j, (tb, _) in enumerate(pb):
-        if tb in tensors_a:
-            i = tensors_a.index(tb)
-            side_a = [n for _, n in pa[:i]]
-            side_b = [n for _, n in pb[:j]]
-            convs = lambda side: sum(n.op_type == "Conv" for n in side)  # noqa: E731
-            if convs(side_a) < 2 and convs(side_b) < 2:
-                return None
-            return (side_a, side_b, a, b) if convs(side_a) >= convs(side_b) else (side_b, side_a, b, a)
-    return None
+    up_a, up_b = ix.ancestors(a), ix.ancestors(b)
+    common = up_a.keys() & up_b.keys()
+    if not common:
+        return None
+    start = min(common, key=lambda t: (min(up_a[t], up_b[t]), max(up_a[t], up_b[t]), t))
+    side_a, side_b = ix.between(start, a, up_a), ix.between(start, b, up_b)
+    convs = lambda side: sum(n.op_type == "Conv" for n in side)  # noqa: E731
+    if convs(side_a) < convs(side_b) or (convs(side_a) == convs(side_b) and len(side_a) < len(side_b)):
+        side_a, side_b, a, b = side_b, side_a, b, a
+    branch, skip, branch_input, skip_input = side_a, side_b, a, b
+    gates, side = _gates(ix, branch)
+    main = [n for n in branch if n.op_type == "Conv" and id(n) not in side]
+    if len(main) < 2 or convs(skip) >= len(main):
+        return None  # not a branch of convolutions beside a lighter skip (e.g. two equal towers)
+    skip_convs = [n for n in skip if n.op_type == "Conv"]
+    block_nodes = [*branch, *skip, add]
+    users = ix.consumers.get(add.output[0], [])
+    relu_after = len(users) == 1 and users[0].op_type == "Relu"
+    before_first = [n for n in branch if ix.order[id(n)] < ix.order[id(main[0])] and id(n) not in side]
+    # Pre-activation: the ReLU comes before the convs, either inside the branch (identity blocks) or
+    # on the tensor both sides read (a projection block reads the pre-activated tensor, ResNetV2).
+    entry = ix.producers.get(start)
+    preactivation = not relu_after and (any(n.op_type == "Relu" for n in before_first) or (entry is not None and entry.op_type == "Relu"))
+    groups = max(int(attr(c, "group", 1) or 1) for c in main)
+
+    holds, blockers = [], []
+    if gates:
+        ops = sorted({n.op_type for n in branch if id(n) in side} - _QDQ)
+        holds.append(f"squeeze-excitation gate ({' '.join(ops)} -> Mul)")
+    if groups > 1:
+        holds.append(f"grouped convolution ({groups} groups)")
+    if preactivation:
+        holds.append("pre-activation (BN-ReLU before the convs, no ReLU after the Add)")
+    if any(n.op_type in _QDQ for n in block_nodes):
+        holds.append("Q/DQ nodes")
+    bns = [n for n in block_nodes if n.op_type == "BatchNormalization"]
+    if bns:
+        blockers.append(f"{len(bns)} BatchNormalization node(s) not folded")
+    conv_relu = True
+    for conv in main[:-1]:
+        readers = ix.consumers.get(conv.output[0], [])
+        if len(readers) != 1 or readers[0].op_type != "Relu":
+            conv_relu = False
+            blockers.append(f"{_label(conv)} feeds {'/'.join(u.op_type for u in readers)}, not a ReLU")
+    last = ix.producers.get(branch_input)
+    add_ok = last is not None and last.op_type == "Conv" and len(ix.consumers.get(last.output[0], [])) == 1
+    if not add_ok and last is not None:
+        if last in gates:
+            blockers.append("the squeeze-excitation Mul sits between the branch's last Conv and the Add: TensorRT runs "
+                            "Mul, Add and ReLU as one pointwise kernel instead of fusing the Add into the Conv")
+        else:
+            blockers.append(f"{last.op_type} sits between the branch's last Conv and the Add")
+    if not relu_after and not preactivation:
+        add_ok = False
+        blockers.append(f"the Add feeds {'/'.join(u.op_type for u in users) or 'the graph output'}, not one ReLU")
+    return ResidualBlock(
+        _name(add, index), {2: "basic", 3: "bottleneck"}.get(len(main), "other"), _skip_kind(skip),
+        [_label(c) for c in main], [_label(c) for c in skip_convs], not bns, conv_relu, add_ok, blockers,
+        add.output[0], skip_input, branch_input, holds, preactivation, groups,
+        [g.output[0] for g in gates], [n.output[0] for n in branch if id(n) in side],
+    )
 
 
 def _name(node: onnx.NodeProto, index: int) -> str:
@@ -110,51 +246,13 @@ def _name(node: onnx.NodeProto, index: int) -> str:
 
 
 def find_residual_blocks(g: Graph) -> list[ResidualBlock]:
-    producers, consumers = g.producers(), g.consumers()
+    ix = _Index(g)
     blocks = []
     for node in g.nodes:
-        if node.op_type != "Add":
-            continue
-        split = _split(g, node, producers)
-        if split is None:
-            continue
-        branch, skip, branch_input, skip_input = split
-        branch_convs = [n for n in reversed(branch) if n.op_type == "Conv"]
-        skip_convs = [n for n in reversed(skip) if n.op_type == "Conv"]
-        kind = {2: "basic", 3: "bottleneck"}.get(len(branch_convs), "other")
-        skip_core = [n for n in skip if n.op_type not in _QDQ]  # Q/DQ do not change what the skip is
-        if not skip_core:
-            skip_kind = "identity"
-        elif len(skip_core) == 1 and skip_convs and tuple(attr(skip_convs[0], "kernel_shape") or ()) == (1, 1):
-            skip_kind = "projection"
-        else:
-            skip_kind = "other"
-        blockers = []
-        block_nodes = branch + skip + [node]
-        bns = [n for n in block_nodes if n.op_type == "BatchNormalization"]
-        if bns:
-            blockers.append(f"{len(bns)} BatchNormalization node(s) not folded")
-        conv_relu = True
-        for conv in branch_convs[:-1]:
-            users = consumers[conv.output[0]]
-            if len(users) != 1 or users[0].op_type != "Relu":
-                conv_relu = False
-                blockers.append(f"{conv.name or conv.output[0]} feeds {'/'.join(u.op_type for u in users)}, not a ReLU")
-        last = producers.get(branch_input)
-        add_ok = last is not None and last.op_type == "Conv" and len(consumers[last.output[0]]) == 1
-        if not add_ok and last is not None:
-            blockers.append(f"{last.op_type} sits between the branch's last Conv and the Add")
-        users = consumers[node.output[0]]
-        if len(users) != 1 or users[0].op_type != "Relu":
-            add_ok = False
-            blockers.append(f"the Add feeds {'/'.join(u.op_type for u in users) or 'the graph output'}, not one ReLU")
-        blocks.append(
-            ResidualBlock(
-                _name(node, len(blocks)), kind, skip_kind,
-                [c.name or c.output[0] for c in branch_convs], [c.name or c.output[0] for c in skip_convs],
-                not bns, conv_relu, add_ok, blockers, node.output[0], skip_input, branch_input,
-            )
-        )
+        if node.op_type in ("Add", "Sum") and len(node.input) == 2:
+            block = _block(ix, node, len(blocks))
+            if block is not None:
+                blocks.append(block)
     return blocks
 
 
