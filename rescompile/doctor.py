@@ -48,12 +48,9 @@ def _ort_providers() -> list[str]:
 
 
 def _dla_cores() -> int | None:
-    """DLA cores TensorRT sees (Jetson Xavier/Orin have 1-2); None when TensorRT is absent."""
-    try:
-        trt = importlib.import_module("tensorrt")
-        return int(trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
-    except Exception:
-        return None
+    from rescompile.nvidia import dla_cores
+
+    return dla_cores()
 
 
 def checks() -> list[Check]:

@@ -52,6 +52,16 @@ def tensorrt_version() -> str | None:
     return str(version) if version else None
 
 
+def dla_cores() -> int | None:
+    """DLA cores TensorRT sees on this machine (Jetson Xavier/Orin modules have 0-2; an Orin Nano
+    has none); None when TensorRT is absent or cannot say."""
+    try:
+        trt = importlib.import_module("tensorrt")
+        return int(trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
+    except Exception:  # no TensorRT, no GPU, or a builder that cannot be created here
+        return None
+
+
 def major(version: str | None) -> int | None:
     if not version:
         return None

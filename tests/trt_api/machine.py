@@ -6,14 +6,17 @@ The checks are TensorRT's documented ones (surface.py says where each was read):
   all defined, a cache tagged with this TensorRT's version and the calibrator's algorithm (else
   it calibrates, and a replay-only calibrator has no data), and, with dynamic shapes, a
   calibration profile (IBuilderConfig.set_calibration_profile);
-- DLA needs min = opt = max; without GPU fallback anything else fails the build, with it every
-  layer silently runs on the GPU; DLA with a cache needs EntropyCalibration2;
+- DLA needs min = opt = max, FP16 or INT8 layers, implicit INT8 (a Q/DQ network cannot run there:
+  NVIDIA/TensorRT#2222) and a core the module has (else config.DLA_core is ignored, NvInfer.h);
+  without GPU fallback a Q/DQ or dynamic network fails the build, with it every layer silently
+  runs on the GPU; DLA with a cache needs EntropyCalibration2; the runtime runs a DLA engine on
+  its own Runtime.DLA_core (default 0), not the core the plan was built for;
 - hardware compatibility is refused on a Jetson;
 - a timing cache from another device is refused by set_timing_cache (ignore_mismatch=False);
 - the ONNX parser refuses per-channel DequantizeLinear below opset 13;
 - the runtime deserializes only plans of its own version (or version-compatible ones of an
   older version, with host code allowed), for its own compute capability unless built
-  hardware-compatible.
+  AMPERE_PLUS (then on sm_80+ only).
 A "plan" is b"STANDINPLAN\\n" + a JSON header line + the ONNX bytes.
 """
 
@@ -53,6 +56,7 @@ class Machine:
     log: list[tuple[str, str]] = field(default_factory=list)  # (severity, message) as TensorRT logged it
     builds: list[dict[str, Any]] = field(default_factory=list)  # each build's header
     deserialized: list[int] = field(default_factory=list)  # sizes of the plans the runtime was handed
+    dla_runs: list[int] = field(default_factory=list)  # the DLA core each deserialized DLA engine runs on
     runtimes: list[Any] = field(default_factory=list)  # every Runtime created
     trt: Any = None
 
@@ -286,14 +290,25 @@ def tensorrt_for(machine: Machine) -> Any:
             "tf32": flag("TF32") in flags, "dla_core": None, "calibrated_from": None,
             "strongly_typed": bool(net["flags"] & (1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))),
         }
+        has_qdq = any(layer.type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE) for layer in net["layers"])
         if dla:
-            if dynamic:
-                if flag("GPU_FALLBACK") not in flags:
+            fallback = flag("GPU_FALLBACK") in flags
+            if not 0 <= config.DLA_core < m.dla_cores:
+                # NvInfer.h (setDLACore): a core the module lacks is ignored; the layers run on the GPU.
+                m.emit(logger, "WARNING", f"DLA core {config.DLA_core} is not available ({m.dla_cores} cores): running on the GPU")
+            elif has_qdq:
+                # DLA runs implicit INT8 only (NVIDIA/TensorRT#2222): Q/DQ layers cannot run there.
+                if not fallback:
+                    return fail(logger, "DLA does not support explicitly quantized (Q/DQ) networks")
+                m.emit(logger, "WARNING", "Q/DQ layers are not supported on DLA: falling back to the GPU")
+            elif dynamic:
+                if not fallback:
                     return fail(logger, "DLA does not support dynamic shapes (min, opt and max must be equal)")
                 m.emit(logger, "WARNING", "DLA cannot run layers with dynamic shapes: every layer falls back to the GPU")
+            elif not (header["fp16"] or header["int8"] or header["strongly_typed"]):
+                return fail(logger, "DLA runs FP16 and INT8 layers only")
             else:
                 header["dla_core"] = config.DLA_core
-        has_qdq = any(layer.type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE) for layer in net["layers"])
         if header["int8"] and not has_qdq:
             cal = getattr(config, "int8_calibrator", None) if hasattr(trt.IBuilderConfig, "set_calibration_profile") else None
             if cal is None:
@@ -348,8 +363,15 @@ def tensorrt_for(machine: Machine) -> Any:
                 return fail(logger, f"version-compatible plan from {header['version']} cannot run on {m.version}")
         elif built != here:
             return fail(logger, f"serialization version mismatch: plan {header['version']}, runtime {m.version}")
-        if header["hardware"] == "NONE" and header["cc"] != m.compute_capability:
+        here_cc = tuple(int(p) for p in m.compute_capability.split("."))
+        if header["hardware"] in ("NONE", "SAME_COMPUTE_CAPABILITY") and header["cc"] != m.compute_capability:
             return fail(logger, "the plan was built for another compute capability")
+        if header["hardware"] == "AMPERE_PLUS" and here_cc < (8, 0):
+            return fail(logger, "an AMPERE_PLUS plan needs an Ampere or later GPU (sm_80+)")
+        if header.get("dla_core") is not None:
+            if not 0 <= self.DLA_core < m.dla_cores:
+                return fail(logger, f"DLA core {self.DLA_core} is not available on this module")
+            m.dla_runs.append(self.DLA_core)  # the runtime's core, not the one the plan was built for
         engine = trt.ICudaEngine()
         engine._sti.update(header=header, onnx=onnx_bytes)
         return engine
@@ -495,6 +517,7 @@ def tensorrt_for(machine: Machine) -> Any:
         "IHostMemory@base": bytes, "IHostMemory.__enter__": mem_enter, "IHostMemory.__exit__": mem_exit,
         "Runtime.__init__": runtime_init, "Runtime.deserialize_cuda_engine": deserialize,
         "Runtime.engine_host_code_allowed=default": lambda: False,
+        "Runtime.DLA_core=default": lambda: 0,
         "ICudaEngine.get_tensor_name": get_tensor_name, "ICudaEngine.get_tensor_mode": get_tensor_mode,
         "ICudaEngine.get_tensor_shape": get_tensor_shape, "ICudaEngine.get_tensor_dtype": get_tensor_dtype,
         "ICudaEngine.get_tensor_profile_shape": get_tensor_profile_shape,

@@ -198,8 +198,61 @@ def test_dla_gets_a_static_profile_and_an_entropy2_cache(bundle, monkeypatch):
     assert header["dla_core"] == 1 and header["profile"] == [[4, 3, 32, 32]] * 3
     assert header["calibrated_from"] == "TRT-100300-EntropyCalibration2"
     assert any("exactly 4" in n for n in result.plan.notes)
-    rebuild(bundle, dla_core=0, opt_batch=1)  # Q/DQ on DLA, with GPU fallback: still on the DLA
-    assert machine.builds[-1]["dla_core"] == 0
+    # INT8 on DLA is built from the cache by default: DLA runs no Q/DQ network (with GPU fallback
+    # its INT8 layers would run on the GPU under a manifest saying DLA), and asking for Q/DQ is refused.
+    plan = rebuild(bundle, dla_core=0, opt_batch=1).plan
+    assert plan.int8_source == "cache" and plan.onnx_role == "optimized_onnx" and machine.builds[-1]["dla_core"] == 0
+    with pytest.raises(ConfigError, match="does not run Q/DQ"):
+        rebuild(bundle, dla_core=0, opt_batch=1, int8_source=Int8Source.qdq)
+
+
+def test_the_simulated_dla_refuses_a_qdq_network_and_a_missing_core(bundle, monkeypatch):
+    """The stand-in is as strict as DLA: a Q/DQ network forced onto it fails without GPU fallback,
+    and with fallback runs on the GPU; a core the module lacks is ignored (the engine is not on DLA)."""
+    import dataclasses
+
+    from rescompile.bundle import read_manifest
+    from rescompile.stages.build import engine_from_onnx
+
+    machine = on(monkeypatch, JETPACK6, **ORIN)
+    plan = rebuild(bundle, dla_core=1, opt_batch=1).plan
+    qdq = dataclasses.replace(plan, onnx_role="qdq_onnx", onnx_path=read_manifest(bundle).file("qdq_onnx"),
+                              int8_source="qdq", cache_path=None)
+    with pytest.raises(EngineBuildError):
+        engine_from_onnx(dataclasses.replace(qdq, gpu_fallback=False), bundle / "x")
+    engine_from_onnx(qdq, bundle / "y")
+    assert machine.builds[-1]["dla_core"] is None  # fell back to the GPU
+    machine.dla_cores = 1
+    engine_from_onnx(plan, bundle / "z")
+    assert machine.builds[-1]["dla_core"] is None  # core 1 on a one-core module: ignored
+
+
+def test_a_module_without_the_dla_core_is_refused_in_one_line(bundle, monkeypatch):
+    for cores, core, match in ((0, 0, "has no DLA cores"), (2, 2, "numbered 0-1")):
+        machine = on(monkeypatch, JETPACK6, **{**ORIN, "dla_cores": cores})
+        with pytest.raises(ConfigError, match=match):
+            rebuild(bundle, dla_core=core, opt_batch=1)
+        assert machine.builds == []
+
+
+def test_the_runtime_runs_a_dla_engine_on_its_own_core(bundle, monkeypatch):
+    machine = on(monkeypatch, JETPACK6, **ORIN)
+    rebuild(bundle, dla_core=1, opt_batch=1)
+    with runtime.load(bundle) as runner:
+        assert runner.backend == "tensorrt"
+    assert machine.dla_runs[-1] == 1  # Runtime.DLA_core set before deserializing; the default would be 0
+
+
+def test_tensorrt_11_plans_dla_in_fp16_only():
+    from rescompile.nvidia import GpuInfo
+    from rescompile.stages.build.plan import plan_engine
+
+    orin = GpuInfo("Jetson AGX Orin", "8.7", jetson=True)
+    files = {role: Path(role) for role in ("optimized_onnx", "qdq_onnx", "fp16_onnx", "calibration_cache")}
+    with pytest.raises(ConfigError, match="FP16 networks only"):
+        plan_engine(Precision.int8, "11.4.1", files, "input", (3, 32, 32), EngineConfig(dla_core=0), gpu=orin)
+    plan = plan_engine(Precision.fp16, "11.4.1", files, "input", (3, 32, 32), EngineConfig(dla_core=0), gpu=orin)
+    assert plan.onnx_role == "fp16_onnx" and plan.strongly_typed and plan.dla_core == 0
 
 
 @pytest.mark.parametrize("version, device, match", [

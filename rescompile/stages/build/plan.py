@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rescompile.config import EngineConfig, HardwareCompat, Int8Source, Precision
 from rescompile.errors import ConfigError
+from rescompile import nvidia
 from rescompile.nvidia import GpuInfo, major
 
 OLDEST_TRT = 10  # build_serialized_network + tensor-name I/O + the APIs used here
@@ -148,13 +149,30 @@ def check_support(trt_version: str, cfg: EngineConfig, precision: Precision, gpu
             raise ConfigError(f"{gpu.name} has no DLA cores (only Jetson Xavier and Orin modules do)", "Drop --dla-core")
         if gpu is not None and gpu.compute_capability not in DLA_CC:
             raise ConfigError(f"{gpu.name} ({gpu.sm}) has no DLA cores (only Jetson Xavier and Orin modules do)", "Drop --dla-core")
+        # An Orin Nano/NX module is sm_87 without DLA, and on a module without the requested core
+        # config.DLA_core is ignored (NvInfer.h, IBuilderConfig::setDLACore): the engine would run
+        # on the GPU with a manifest saying DLA. Ask TensorRT how many cores this module has.
+        cores = nvidia.dla_cores() if gpu is not None else None
+        if cores is not None and cfg.dla_core >= cores:
+            have = "no DLA cores" if cores == 0 else f"{cores} DLA core(s), numbered 0-{cores - 1}"
+            raise ConfigError(f"{gpu.name} has {have} (TensorRT's Builder.num_DLA_cores), so DLA core {cfg.dla_core} cannot run it",
+                              "Drop --dla-core" if cores == 0 else f"Pass --dla-core 0..{cores - 1}")
         if DLA_LAST_10 < v < DLA_SINCE_11:
             raise ConfigError(
                 f"TensorRT {trt_version} does not support DLA (10.7 is the last 10.x with DLA; 11.4.1 brings it back on Orin)",
                 "Use JetPack 6 (TensorRT 10.3), or TensorRT 11.4.1+ with JetPack 7.2.2 on Jetson AGX Orin",
             )
+        if v[0] >= 11 and precision.needs_calibration:
+            # DLA runs INT8 only through implicit quantization (NVIDIA/TensorRT#2222: "DLA doesn't support
+            # QAT... convert it to implicit quantization"; Model Optimizer PR #1661, 2026: "DLA still only
+            # supports IQ"), and TensorRT 11 has none: its DLA guide migrates models to FP16 types.
+            raise ConfigError(
+                f"TensorRT {trt_version} runs DLA with strongly typed FP16 networks only (DLA's INT8 needs implicit "
+                "quantization, which TensorRT 11 removed)",
+                "Use --precision fp16 with --dla-core, or JetPack 6 (TensorRT 10.3) for INT8 on DLA",
+            )
         if v[0] >= 11:
-            notes.append("TensorRT 11 runs DLA on Jetson AGX Orin with JetPack 7.2.2 and strongly typed networks only")
+            notes.append("TensorRT 11 runs DLA on Jetson AGX Orin with JetPack 7.2.2 and strongly typed FP16 networks only")
         if not cfg.min_batch == cfg.opt_batch == cfg.max_batch:
             notes.append(
                 f"DLA needs one batch size (min = opt = max): the engine takes batches of exactly {cfg.opt_batch} "
@@ -187,6 +205,16 @@ def plan_engine(
     cache: Path | None = None
     int8 = precision.needs_calibration
     source = cfg.int8_source
+    if int8 and cfg.dla_core is not None:
+        # DLA cannot run Q/DQ (explicitly quantized) networks: with GPU fallback their INT8 layers
+        # silently run on the GPU (NVIDIA/TensorRT#2222, NVIDIA-AI-IOT/cuDLA-samples#19). INT8 on DLA
+        # comes from the calibration cache (implicit INT8), the path DeepStream uses on Jetson.
+        if source == Int8Source.qdq:
+            raise ConfigError(
+                "DLA does not run Q/DQ (explicitly quantized) networks: their INT8 layers would fall back to the GPU",
+                "Drop --int8-source qdq: INT8 on DLA is built from the calibration cache (--int8-source cache)",
+            )
+        source = Int8Source.cache
     if int8 and typed and source == Int8Source.cache:
         raise ConfigError(
             f"TensorRT {trt_version} has no calibration-cache path (implicit INT8 was removed in TensorRT 11)",
@@ -257,6 +285,9 @@ _SHORT_REFUSALS = (  # ConfigError message -> the table's few words
     ("does not support DLA", "no: no DLA in this TensorRT"),
     ("has no calibration-cache path", "no: implicit INT8 removed in 11"),
     ("DLA runs FP16 and INT8 only", "no: DLA is FP16/INT8 only"),
+    ("runs DLA with strongly typed FP16 networks only", "no: DLA is FP16 only in 11"),
+    ("does not run Q/DQ", "no: DLA runs no Q/DQ"),
+    ("has no DLA cores", "no: no DLA cores"),
     ("needs an Ampere or later GPU", "no: needs an sm_80+ GPU"),
     ("needs a Turing or later GPU", "no: needs an sm_75+ GPU"),
 )
