@@ -63,6 +63,12 @@ class TensorRTRunner(Runner):
             # Developer guide, "Version Compatibility": a version-compatible plan carries its own
             # lean runtime, which the runtime may load only when host code is allowed.
             self._runtime.engine_host_code_allowed = True
+        dla_core = (engine_info or {}).get("dla_core")
+        if dla_core is not None:
+            # The runtime picks the DLA core an engine runs on, not the plan: without this an engine
+            # built for core 1 runs on core 0 (trtexec sets it the same way before deserializing,
+            # samples/common/sampleEngines.cpp at v10.3.0).
+            self._runtime.DLA_core = int(dla_core)
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
             fix = "The engine was built by another TensorRT version or for another GPU: rebuild it on this machine"

@@ -141,7 +141,7 @@ def engine_from_onnx(
     path = write_bytes_atomic(out_dir / ENGINE, data)
     report, layers_path = None, None
     try:
-        info = engine_information(data, version_compatible=plan.version_compatible)
+        info = engine_information(data, version_compatible=plan.version_compatible, dla_core=plan.dla_core)
         layers_path = write_json_atomic(out_dir / ENGINE_LAYERS, info)
         report = engine_report(info, blocks or [], node_names or {})
     except Exception as exc:  # the report is a diagnosis; the engine itself is fine

@@ -12,19 +12,23 @@ TensorRT 10 writes a layer's tensor type as "Format/Datatype"; TensorRT 11 split
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rescompile._lazy import import_optional
 
 
-def engine_information(engine_bytes: bytes, *, version_compatible: bool = False) -> dict[str, Any]:
+def engine_information(engine_bytes: bytes, *, version_compatible: bool = False, dla_core: int | None = None) -> dict[str, Any]:
     """The engine inspector's JSON for a serialized engine (needs TensorRT and a GPU). A
-    version-compatible plan carries its lean runtime and deserializes only with host code allowed."""
+    version-compatible plan carries its lean runtime and deserializes only with host code allowed;
+    a DLA engine runs on the runtime's DLA core, which is set to the one it was built for."""
     trt = import_optional("tensorrt")
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     if version_compatible:
         runtime.engine_host_code_allowed = True
+    if dla_core is not None:
+        runtime.DLA_core = int(dla_core)
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     if engine is None:
         raise RuntimeError("TensorRT could not deserialize the engine it just built")
@@ -32,23 +36,31 @@ def engine_information(engine_bytes: bytes, *, version_compatible: bool = False)
     return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
 
+# The type field of an Inputs/Outputs record, as each TensorRT writes it: 10.x "Format/Datatype"
+# ("Row major linear FP32"), 11.x "Datatype" (NVIDIA's migration page also shows "DataType").
+_TYPE_KEYS = ("Format/Datatype", "Datatype", "DataType", "Data Type", "Type")
+# Whole words only: "INT8" must not match "UINT8", nor "FLOAT" match "BFLOAT16" or "FLOAT8".
+_TYPE_WORDS = {"INT8": "int8", "FP16": "fp16", "HALF": "fp16", "FLOAT16": "fp16", "FP32": "fp32", "FLOAT": "fp32",
+               "FLOAT32": "fp32", "UINT8": "other", "BF16": "other", "BFLOAT16": "other", "FP8": "other", "FLOAT8": "other",
+               "INT4": "other", "FP4": "other", "INT32": "other", "INT64": "other", "BOOL": "other"}
+
+
 def tensor_precision(record: dict[str, Any]) -> str:
-    """'int8' | 'fp16' | 'fp32' | 'other' for one Inputs/Outputs entry of a layer."""
-    text = record.get("Format/Datatype") or " ".join(str(record.get(k, "")) for k in ("Datatype", "Format"))
-    t = text.upper()
-    if "INT8" in t:
-        return "int8"
-    if "FP16" in t or "HALF" in t:
-        return "fp16"
-    if "FP32" in t or "FLOAT" in t:
-        return "fp32"
-    return "other"
+    """'int8' | 'fp16' | 'fp32' | 'other' for one Inputs/Outputs entry of a layer, 'unknown' when the
+    record holds no type TensorRT's schemas name (a layer whose type cannot be read is not 'not INT8')."""
+    if not isinstance(record, dict):
+        return "unknown"
+    text = " ".join(str(record[k]) for k in _TYPE_KEYS if record.get(k))
+    for word in re.findall(r"[A-Za-z]+\d*", text.upper()):
+        if word in _TYPE_WORDS:
+            return _TYPE_WORDS[word]
+    return "unknown"
 
 
 def layer_precision(layer: dict[str, Any]) -> str:
     """A layer's compute precision, read from its (first) input."""
     inputs = layer.get("Inputs") or []
-    return tensor_precision(inputs[0]) if inputs else "other"
+    return tensor_precision(inputs[0]) if inputs else "unknown"
 
 
 def _parts(name: str) -> set[str]:

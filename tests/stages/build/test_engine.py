@@ -46,7 +46,12 @@ def test_precision_strings():
     assert tensor_precision({"Datatype": "Float", "Format": "Row major"}) == "fp32"
     assert tensor_precision({"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}) == "fp16"
     assert tensor_precision({"Format/Datatype": "Thirty-two wide channel vectorized row major Int8 format"}) == "int8"
-    assert layer_precision({"Name": "x"}) == "other"
+    assert tensor_precision({"DataType": "Int8", "Format": "NC/32HW32"}) == "int8"  # NVIDIA's 11.x migration page spelling
+    # Type names are whole words: "INT8" is not in "UINT8", "FLOAT" not in "BFLOAT16" or "FLOAT8".
+    assert tensor_precision({"Datatype": "UInt8"}) == "other" and tensor_precision({"Datatype": "BFloat16"}) == "other"
+    assert tensor_precision({"Format/Datatype": "Row major linear FLOAT8"}) == "other"
+    # A record whose type cannot be read is unknown, not "not INT8".
+    assert layer_precision({"Name": "x"}) == "unknown" and tensor_precision({"Format": "NC/32HW32"}) == "unknown"
 
 
 def test_an_empty_or_odd_inspector_record_gives_an_empty_report():
