@@ -6,9 +6,9 @@ The rules, from the TensorRT developer guide, "Advanced Topics" -> "Version Comp
 and "Hardware Compatibility" (10.x; "Engine Compatibility" in 11.x), and the support matrix's
 "Features for Platforms and Software" notes:
 
-- By default a serialized engine runs only with the TensorRT version that built it. We compare
-  major.minor.patch (the build number that some installs append is not recorded by every
-  builder). An engine built with ``BuilderFlag.VERSION_COMPATIBLE`` runs on the same or a later
+- By default a serialized engine runs only with the TensorRT version that built it, build number
+  included (the standard runtime checks the full version stamped in the plan). We compare all four
+  parts when both sides know them, major.minor.patch when one side records no build number. An engine built with ``BuilderFlag.VERSION_COMPATIBLE`` runs on the same or a later
   TensorRT of the same major version, and a TensorRT 10 one also on TensorRT 11 (TensorRT 11's
   support matrix), never on an older one.
 - By default an engine is not portable across devices: it needs the compute capability it was
@@ -45,13 +45,14 @@ class RuntimeMismatchError(RescompileError):
 
 
 def parse_version(text: Any) -> tuple[int, ...] | None:
-    """'10.3.0' or '10.3.0.30' -> (10, 3, 0) (major.minor.patch, missing parts as 0); else None."""
+    """'10.3.0' -> (10, 3, 0); '10.3.0.26' -> (10, 3, 0, 26) (missing minor/patch as 0); else None."""
     if text is None:
         return None
-    match = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(text))
+    match = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:\.(\d+))?", str(text))
     if not match:
         return None
-    return tuple(int(part or 0) for part in match.groups())
+    parts = tuple(int(part or 0) for part in match.groups()[:3])
+    return parts + ((int(match.group(4)),) if match.group(4) is not None else ())
 
 
 def parse_compute_capability(gpu: dict[str, Any] | GpuInfo | None) -> tuple[int, int] | None:
@@ -138,11 +139,14 @@ def _check_version(engine_info: dict[str, Any], built, running, mismatch) -> Non
         if running[0] not in majors:
             where = " or ".join(f"{m}.x" for m in majors)
             raise mismatch(f"a version-compatible engine built by TensorRT {built[0]} runs only on TensorRT {where}")
-        if running < built:
+        if running[:3] < built[:3]:
             raise mismatch("a version-compatible engine runs only on the TensorRT that built it or a later one")
         return
     if running[:3] != built[:3]:
         raise mismatch("TensorRT runs only engines built by the same version (major.minor.patch)")
+    if len(running) > 3 and len(built) > 3 and running[3] != built[3]:
+        raise mismatch(f"same release, another build ({'.'.join(map(str, built))} against {'.'.join(map(str, running))}): "
+                       "TensorRT's standard runtime refuses a plan stamped with another build number")
 
 
 def _check_hardware(engine_info, engine_gpu, built_cc, here_cc, gpu: GpuInfo, mismatch) -> None:

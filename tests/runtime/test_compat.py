@@ -37,7 +37,7 @@ def mismatch(info, trt, gpu, **kw) -> str:
 
 def test_parsers():
     assert parse_version("10.3.0") == (10, 3, 0)
-    assert parse_version("10.3.0.30") == (10, 3, 0)
+    assert parse_version("10.3.0.30") == (10, 3, 0, 30)
     assert parse_version("11.0") == (11, 0, 0)
     assert parse_version("garbage") is None and parse_version(None) is None
     assert parse_compute_capability({"compute_capability": "8.7"}) == (8, 7)
@@ -48,7 +48,15 @@ def test_parsers():
 
 def test_exact_match_passes():
     check_engine(engine(gpu=ORIN), "10.3.0", ORIN)
-    check_engine(engine(version="10.3.0", gpu=L4), "10.3.0.26", L4)  # a build number is not compared
+    check_engine(engine(version="10.3.0", gpu=L4), "10.3.0.26", L4)  # one side without a build number: 3 parts
+    check_engine(engine(version="10.3.0.26", gpu=L4), "10.3.0.26", L4)
+
+
+def test_another_build_of_the_same_release_is_refused_in_one_line():
+    """The standard runtime checks the full version stamped in the plan, build number included."""
+    msg = mismatch(engine(version="10.3.0.26", gpu=L4), "10.3.0.30", L4)
+    assert "another build (10.3.0.26 against 10.3.0.30)" in msg
+    check_engine(engine(version="10.3.0.26", gpu=L4, version_compatible=True), "10.3.0.30", L4)  # later build: runs
 
 
 def test_version_mismatch_message_names_both_sides_and_the_fix():
