@@ -154,16 +154,16 @@ def tensorrt_for(machine: Machine) -> Any:
         net._sti.update(onnx=bytes(data), opset=opset, outputs=[o.name for o in model.graph.output])
         return True
 
-    def parse_from_file(self, path):
-        with open(path, "rb") as fh:
-            return parse_bytes(self, fh.read(), path)
+    def parse_from_file(self, model):  # the real bindings' parameter names, so keyword calls behave alike
+        with open(model, "rb") as fh:
+            return parse_bytes(self, fh.read(), model)
 
     def parse(self, model, path=None):
         return parse_bytes(self, model, path)
 
     # -- network introspection used by Polygraphy -------------------------------------------
-    def get_input(self, i):
-        return self._sti["inputs"][i]
+    def get_input(self, index):
+        return self._sti["inputs"][index]
 
     def net_len(self):
         return len(self._sti["layers"])
@@ -174,30 +174,30 @@ def tensorrt_for(machine: Machine) -> Any:
             raise IndexError(i)
         return layers[i]
 
-    def net_get_flag(self, f):
-        return bool(self._sti["flags"] & (1 << int(f)))
+    def net_get_flag(self, flag):
+        return bool(self._sti["flags"] & (1 << int(flag)))
 
-    def profile_set_shape(self, name, min, opt, max):  # noqa: A002 - TensorRT's names
-        self._sti["shapes"][name] = (tuple(min), tuple(opt), tuple(max))
+    def profile_set_shape(self, input, min, opt, max):  # noqa: A002 - TensorRT's names
+        self._sti["shapes"][input] = (tuple(min), tuple(opt), tuple(max))
 
-    def profile_get_shape(self, name):
-        return list(self._sti["shapes"].get(name, ()))
+    def profile_get_shape(self, input):  # noqa: A002 - TensorRT's name
+        return list(self._sti["shapes"].get(input, ()))
 
     def profile_bool(self):
         return all(all(lo <= o <= hi for lo, o, hi in zip(*s)) for s in self._sti["shapes"].values())
 
     # -- builder config ---------------------------------------------------------------------
-    def set_flag(self, f):
-        self._sti["flags"].add(f)
+    def set_flag(self, flag):
+        self._sti["flags"].add(flag)
 
-    def clear_flag(self, f):
-        self._sti["flags"].discard(f)
+    def clear_flag(self, flag):
+        self._sti["flags"].discard(flag)
 
-    def get_flag(self, f):
-        return f in self._sti["flags"]
+    def get_flag(self, flag):
+        return flag in self._sti["flags"]
 
-    def set_pool(self, pool, size):
-        self._sti["pools"][pool] = size
+    def set_pool(self, pool, pool_size):
+        self._sti["pools"][pool] = pool_size
 
     def get_pool(self, pool):
         return self._sti["pools"].get(pool, 1 << 30)
@@ -213,8 +213,9 @@ def tensorrt_for(machine: Machine) -> Any:
     def get_calibration_profile(self):
         return self._sti["calib_profile"]
 
-    def create_timing_cache(self, data):
+    def create_timing_cache(self, serialized_timing_cache):
         cache = trt.ITimingCache()
+        data = serialized_timing_cache
         record = json.loads(bytes(data).decode()) if data else {}
         cache._sti["record"] = record or {"device": m.gpu_name, "version": m.version, "entries": 0}
         return cache
@@ -240,8 +241,8 @@ def tensorrt_for(machine: Machine) -> Any:
         return False
 
     # -- timing cache and host memory -------------------------------------------------------
-    def cache_combine(self, other, ignore_mismatch):
-        mine, theirs = self._sti["record"], other._sti["record"]
+    def cache_combine(self, input_cache, ignore_mismatch):
+        mine, theirs = self._sti["record"], input_cache._sti["record"]
         if (mine["device"], mine["version"]) != (theirs["device"], theirs["version"]) and not ignore_mismatch:
             return False
         mine["merged_from"] = sorted({*mine.get("merged_from", []), theirs["device"]})
@@ -347,9 +348,9 @@ def tensorrt_for(machine: Machine) -> Any:
         self._sti["logger"] = logger
         m.runtimes.append(self)
 
-    def deserialize(self, data):
+    def deserialize(self, serialized_engine):
         logger = self._sti.get("logger")
-        data = bytes(data)
+        data = bytes(serialized_engine)
         m.deserialized.append(len(data))
         if not data.startswith(MAGIC):
             return fail(logger, "magic tag does not match")
@@ -391,8 +392,8 @@ def tensorrt_for(machine: Machine) -> Any:
         s = engine_session(engine)
         return [i.name for i in s.get_inputs()] + [o.name for o in s.get_outputs()]
 
-    def get_tensor_name(self, i):
-        return io_names(self)[i]
+    def get_tensor_name(self, index):
+        return io_names(self)[index]
 
     def get_tensor_mode(self, name):
         s = engine_session(self)
@@ -408,7 +409,7 @@ def tensorrt_for(machine: Machine) -> Any:
     def get_tensor_dtype(self, name):
         return trt.DataType.FLOAT
 
-    def get_tensor_profile_shape(self, name, index):
+    def get_tensor_profile_shape(self, name, profile_index):
         lo, opt, hi = self._sti["header"]["profile"]
         return [tuple(lo), tuple(opt), tuple(hi)]
 
@@ -422,7 +423,7 @@ def tensorrt_for(machine: Machine) -> Any:
         insp._sti["engine"] = self
         return insp
 
-    def get_engine_information(self, fmt):
+    def get_engine_information(self, format):  # noqa: A002 - TensorRT's name
         engine = self._sti["engine"]
         model = onnx.load_from_string(engine._sti["onnx"])
         produced_by_dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
@@ -432,9 +433,12 @@ def tensorrt_for(machine: Machine) -> Any:
                 continue
             int8 = n.op_type == "Conv" and n.input[0] in produced_by_dq
             dtype = "Int8" if int8 else ("Half" if engine._sti["header"]["fp16"] else "Float")
-            io = {"Name": n.output[0], "Format/Datatype": f"{dtype} NCHW"}
+            # Each major's schema: 10.x "Format/Datatype" and "Bindings"; 11.x splits the type from the
+            # format ("DataType", as NVIDIA's 10.x -> 11.x migration page writes it) and says "I/O Tensors".
+            eleven = _v(m.version)[0] >= 11
+            io = {"Name": n.output[0], **({"DataType": dtype, "Format": "NCHW"} if eleven else {"Format/Datatype": f"{dtype} NCHW"})}
             layers.append({"Name": n.name, "LayerType": n.op_type, "Inputs": [io], "Outputs": [io]})
-        return json.dumps({"Layers": layers, "Bindings": io_names(engine)})
+        return json.dumps({"Layers": layers, ("I/O Tensors" if _v(m.version)[0] >= 11 else "Bindings"): io_names(engine)})
 
     def ctx_set_input_shape(self, name, shape):
         lo, _, hi = self._sti["engine"]._sti["header"]["profile"]
@@ -451,11 +455,11 @@ def tensorrt_for(machine: Machine) -> Any:
         out = next(o for o in s.get_outputs() if o.name == name)
         return (shape[0], *[d if isinstance(d, int) else -1 for d in out.shape[1:]])
 
-    def ctx_set_address(self, name, ptr):
-        self._sti["addresses"][name] = ptr
+    def ctx_set_address(self, name, memory):
+        self._sti["addresses"][name] = memory
         return True
 
-    def ctx_execute(self, stream):
+    def ctx_execute(self, stream_handle):
         cuda = sys.modules["polygraphy.cuda"]
         memory = cuda.MEMORY
         engine = self._sti["engine"]
@@ -490,7 +494,7 @@ def tensorrt_for(machine: Machine) -> Any:
         "Builder.num_DLA_cores=default": lambda: m.dla_cores, "Builder.platform_has_fast_int8=default": lambda: True,
         "Builder.platform_has_fast_fp16=default": lambda: True, "Builder.platform_has_tf32=default": lambda: True,
         "OnnxParser.__init__": parser_init, "OnnxParser.parse_from_file": parse_from_file, "OnnxParser.parse": parse,
-        "OnnxParser.get_error": lambda self, i: self._sti["errors"][i], "OnnxParser.clear_errors": lambda self: self._sti["errors"].clear(),
+        "OnnxParser.get_error": lambda self, index: self._sti["errors"][index], "OnnxParser.clear_errors": lambda self: self._sti["errors"].clear(),
         "ParserError.__str__": parser_error_str, "ParserError.desc": parser_error_str,
         "ParserError.code": lambda self: 0, "ParserError.node_name": lambda self: "",
         "INetworkDefinition.get_input": get_input, "INetworkDefinition.__len__": net_len,
@@ -518,6 +522,11 @@ def tensorrt_for(machine: Machine) -> Any:
         "Runtime.__init__": runtime_init, "Runtime.deserialize_cuda_engine": deserialize,
         "Runtime.engine_host_code_allowed=default": lambda: False,
         "Runtime.DLA_core=default": lambda: 0,
+        # The concrete calibrators' get_algorithm is C++ in the bindings: it names the algorithm (as the real 10.x ones do).
+        "IInt8LegacyCalibrator.get_algorithm": lambda self: trt.CalibrationAlgoType.LEGACY_CALIBRATION,
+        "IInt8EntropyCalibrator.get_algorithm": lambda self: trt.CalibrationAlgoType.ENTROPY_CALIBRATION,
+        "IInt8EntropyCalibrator2.get_algorithm": lambda self: trt.CalibrationAlgoType.ENTROPY_CALIBRATION_2,
+        "IInt8MinMaxCalibrator.get_algorithm": lambda self: trt.CalibrationAlgoType.MINMAX_CALIBRATION,
         "ICudaEngine.get_tensor_name": get_tensor_name, "ICudaEngine.get_tensor_mode": get_tensor_mode,
         "ICudaEngine.get_tensor_shape": get_tensor_shape, "ICudaEngine.get_tensor_dtype": get_tensor_dtype,
         "ICudaEngine.get_tensor_profile_shape": get_tensor_profile_shape,

@@ -30,7 +30,8 @@ stub; see the calibrator comment. The other methods of those classes are listed 
 
 ENUM_INTS: int(member) per version, from the C++ enum definitions in include/NvInfer*.h (pybind enums carry the C++
 value; Polygraphy uses ``1 << int(flag)`` for NetworkDefinitionCreationFlag and TacticSource). The v10.3.0
-OnnxParserFlag value is missing: NvOnnxParser.h lives in the parsers/onnx submodule, which the mirror does not hold.
+OnnxParserFlag value (NvOnnxParser.h lives in the parsers/onnx submodule, which the mirror does not hold) was read from
+NVIDIA's compiled 10.3.0 bindings instead, which tests/trt_bindings checks every row against.
 
 POLYGRAPHY_TOUCHES: (path, where in polygraphy 0.53.6, guard) for the code paths NetworkFromOnnxPath/Bytes ->
 PostprocessConfig(CreateConfig(...)) -> EngineBytesFromNetwork reach with the options rescompile uses. guard:
@@ -546,6 +547,7 @@ ENUM_INTS = {
         'CalibrationAlgoType.ENTROPY_CALIBRATION': 1,
         'CalibrationAlgoType.ENTROPY_CALIBRATION_2': 2,
         'CalibrationAlgoType.MINMAX_CALIBRATION': 3,
+        'OnnxParserFlag.NATIVE_INSTANCENORM': 0,  # read from the compiled 10.3.0 bindings (tests/trt_bindings)
     },
     '10.16.0': {
         'DataType.FLOAT': 0,

@@ -243,6 +243,16 @@ def test_the_runtime_runs_a_dla_engine_on_its_own_core(bundle, monkeypatch):
     assert machine.dla_runs[-1] == 1  # Runtime.DLA_core set before deserializing; the default would be 0
 
 
+def test_tensorrt_11_4_1_runs_dla_with_a_strongly_typed_fp16_network(bundle, monkeypatch):
+    machine = on(monkeypatch, "11.4.1", **ORIN)
+    result = rebuild(bundle, Precision.fp16, dla_core=0, opt_batch=1)
+    header = machine.builds[-1]
+    assert header["dla_core"] == 0 and header["strongly_typed"] and not header["fp16"]  # no FP16 flag in 11
+    assert result.plan.onnx_role == "fp16_onnx"
+    with pytest.raises(ConfigError, match="FP16 networks only"):
+        rebuild(bundle, Precision.int8, dla_core=0, opt_batch=1)
+
+
 def test_tensorrt_11_plans_dla_in_fp16_only():
     from rescompile.nvidia import GpuInfo
     from rescompile.stages.build.plan import plan_engine

@@ -167,6 +167,15 @@ def build_engine_bytes(chain: LoaderChain) -> bytes:
         chain.create_config.calibrator = cache_calibrator(trt, *chain.calibration)
     try:
         data = chain.engine_bytes()
+    except TypeError as exc:
+        if "nullptr" not in str(exc):
+            raise
+        # pybind's "factory function returned nullptr": libnvinfer loaded but could not create a
+        # builder (no GPU it can use, a driver too old for it).
+        raise EngineBuildError(
+            f"TensorRT {getattr(trt, '__version__', '?')} could not create a builder ({' '.join(str(exc).split())})",
+            "Check that the GPU is visible (nvidia-smi) and its driver supports this TensorRT; `rescompile doctor` says what it finds",
+        ) from exc
     except PolygraphyException as exc:
         what = " ".join(str(exc).split()) or "no reason given"
         raise EngineBuildError(

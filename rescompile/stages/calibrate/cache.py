@@ -28,7 +28,8 @@ MAX_CACHE_BYTES = 64 << 20  # a ResNet cache is kilobytes; anything this big is 
 
 # [0-9] rather than \d: \d matches non-ASCII digits, which int() would then accept.
 # Bounded lengths keep int() away from huge digit strings (ValueError past 4300 digits).
-_VERSION_RE = re.compile(r"([0-9]{1,4})\.([0-9]{1,2})(?:\.([0-9]{1,2})(?:\.[0-9]{1,6})?)?")
+# major.minor[.patch[.build]], and a PEP 440 post-release tag: TensorRT 10.7's bindings say "10.7.0.post1".
+_VERSION_RE = re.compile(r"([0-9]{1,4})\.([0-9]{1,2})(?:\.([0-9]{1,2})(?:\.[0-9]{1,6})?)?(?:\.?post[0-9]{1,3})?")
 _HEADER_RE = re.compile(r"TRT-([0-9]{1,9})-([A-Za-z0-9]+)")
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
 _VERSION_HINT = "Use a version like 10.3.0 (TensorRT's major.minor.patch)"

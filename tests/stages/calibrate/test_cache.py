@@ -76,7 +76,8 @@ def test_writer_uses_eight_lower_case_digits():
 
 @pytest.mark.parametrize(
     ("version", "code"),
-    [("8.6.1", 8601), ("8.5", 8500), ("7.2.3", 7203), ("10.3.0", 100300), ("10.14.1", 101401), ("11.0", 110000), ("8.6.1.6", 8601)],
+    [("8.6.1", 8601), ("8.5", 8500), ("7.2.3", 7203), ("10.3.0", 100300), ("10.14.1", 101401), ("11.0", 110000), ("8.6.1.6", 8601),
+     ("10.7.0.post1", 100700), ("10.13.3.9.post1", 101303)],  # what the real 10.7 and 10.13 bindings report
 )
 def test_version_codes(version, code):
     assert version_code(version) == code
