@@ -113,6 +113,9 @@ class OrtBackend(Backend):
         self._output = self._session.get_outputs()[0].name
         self._cuda = cuda
         self.takes_pixels = first.type == "tensor(uint8)"
+        from rescompile.runtime.onnxruntime import FEED_DTYPES
+
+        self._float = FEED_DTYPES.get(first.type, np.float32)  # a file that still takes float16 is fed float16
 
     def prepare_pixels(self, pixels: np.ndarray, prep: Any) -> Callable[[], Any]:
         if not self.takes_pixels or self._cuda:
@@ -121,7 +124,7 @@ class OrtBackend(Backend):
         return lambda: session.run(out, feed)
 
     def prepare(self, batch: np.ndarray) -> Callable[[], Any]:
-        session, x = self._session, np.ascontiguousarray(batch, dtype=np.float32)
+        session, x = self._session, np.ascontiguousarray(batch, dtype=self._float)
         if not self._cuda:
             feed, out = {self._input: x}, [self._output]
             return lambda: session.run(out, feed)
@@ -138,7 +141,7 @@ class OrtBackend(Backend):
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Logits of a float batch, or of uint8 pixels for a pixel-input artifact."""
-        x = np.ascontiguousarray(batch, dtype=np.uint8 if self.takes_pixels else np.float32)
+        x = np.ascontiguousarray(batch, dtype=np.uint8 if self.takes_pixels else self._float)
         return self._session.run([self._output], {self._input: x})[0]
 
 

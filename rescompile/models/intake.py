@@ -6,7 +6,9 @@ opsets below 13 lack per-channel DequantizeLinear, Caffe2 writes residual adds a
 (tf2onnx) models take NHWC and transpose inside, and heads come as Reshape -> MatMul -> Add.
 ``normalize_onnx`` rewrites those into one canonical form with ONNX's own tools (the version
 converter, shape inference), says in one line each what it changed, and refuses, in one line,
-what rescompile cannot take (several inputs or outputs, non-float input, no Conv).
+what rescompile cannot take (several inputs or outputs, non-float input, no Conv). Half-precision
+graphs (float16, bfloat16) become float32, and preprocessing written into the graph (Keras
+Rescaling/Normalization) is found and reported (``rescompile.models.graph_input``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from rescompile.errors import ModelError
+from rescompile.models.graph_input import (  # noqa: F401  (graph_inputs, input_layout: re-exported, used across stages)
+    FLOAT_INPUTS, NCHW_FROM_NHWC, InputChain, float32_graph, graph_inputs, input_chain, input_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,6 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 13
 MAX_OPSET = 20
 MAX_IR = 9  # the IR version of opset 20 (ONNX 1.15); exporters write 10 with it, which ONNX Runtime 1.17 refuses
-NCHW_FROM_NHWC = [0, 3, 1, 2]
-FLOAT_INPUTS = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
 
 
 @dataclass
@@ -42,10 +45,13 @@ class IntakeReport:
     layout: str = "nchw"  # of the graph input as declared: "nhwc" for Keras/tf2onnx models
     softmax_output: bool = False  # the output is already probabilities (a Softmax ends the graph)
     notes: list[str] = field(default_factory=list)
+    input_dtype: str = "float32"  # of the source's input; every stage runs the float32 conversion of other float types
+    input_preprocessing: dict[str, Any] | None = None  # what the graph computes from its input before its first conv
 
     def to_dict(self) -> dict[str, Any]:
         return {"opset_before": self.opset_before, "opset_after": self.opset_after, "layout": self.layout,
-                "softmax_output": self.softmax_output, "notes": list(self.notes)}
+                "softmax_output": self.softmax_output, "input_dtype": self.input_dtype,
+                "input_preprocessing": self.input_preprocessing, "notes": list(self.notes)}
 
 
 def _refuse(path: Path | str, why: str) -> ModelError:
@@ -100,10 +106,24 @@ def check_structure(model: onnx.ModelProto, path: Path | str) -> None:
             raise ModelError(f"{path}: weight {t.name[:80]!r} cannot be read ({exc.__class__.__name__})", damaged) from exc
 
 
-def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The graph's real inputs: those without an initializer (IR < 4 files list weights too)."""
-    init = {t.name for t in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in init]
+# ONNX Runtime's QOperator format: integer kernels instead of Q/DQ pairs, nothing to read scales from.
+QOPERATOR_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul", "QLinearConcat",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax", "QLinearReduceMean",
+})
+
+
+def refuse_qoperator(model: onnx.ModelProto, path: Path | str) -> None:
+    """A model quantized in QOperator format has no Conv (QLinearConv instead) and no Q/DQ pairs to
+    read scales from: say that, not "no Conv nodes"."""
+    ops: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type in QOPERATOR_OPS:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    if ops:
+        raise ModelError(f"{path} is quantized in ONNX Runtime's QOperator format ({', '.join(f'{v} {k}' for k, v in sorted(ops.items()))}), "
+                         "which rescompile cannot read scales from",
+                         "Quantize it in QDQ format (quantize_static(..., quant_format=QuantFormat.QDQ)), or give the FP32 model")
 
 
 def check_io(model: onnx.ModelProto, path: Path | str) -> str:
@@ -118,6 +138,7 @@ def check_io(model: onnx.ModelProto, path: Path | str) -> str:
     if elem not in FLOAT_INPUTS:
         kind = TensorProto.DataType.Name(elem) if elem else "untyped"
         raise _refuse(path, f"its input {inputs[0].name!r} is {kind}, not float (models that take raw uint8 need a Cast first)")
+    refuse_qoperator(model, path)
     if not any(n.op_type == "Conv" for n in model.graph.node):
         raise _refuse(path, "it has no Conv nodes")
     layout = input_layout(model)
@@ -262,18 +283,6 @@ def _matmul_add_to_gemm(model: onnx.ModelProto) -> int:
     return rewritten
 
 
-def input_layout(model: onnx.ModelProto) -> str:
-    """"nhwc" when the 4-D input's every use is a Transpose to NCHW (Keras/tf2onnx), else "nchw"."""
-    inp = graph_inputs(model)[0]
-    uses = [n for n in model.graph.node if inp.name in n.input]
-    perms = []
-    for n in uses:
-        if n.op_type != "Transpose":
-            return "nchw"
-        perms.append(next((list(a.ints) for a in n.attribute if a.name == "perm"), None))
-    return "nhwc" if uses and all(p == NCHW_FROM_NHWC for p in perms) else "nchw"
-
-
 def _check_image_input(model: onnx.ModelProto, layout: str, path: Path | str) -> None:
     dims = graph_inputs(model)[0].type.tensor_type.shape.dim
     if len(dims) != 4:
@@ -305,6 +314,39 @@ def _fill_output_shape(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _to_float32(model: onnx.ModelProto, report: IntakeReport, path: Path | str) -> None:
+    """float16 (``model.half()``), bfloat16 and float64 graphs become float32: calibration, evaluation and
+    every FP32 file of the bundle run in float32, and ONNX Runtime's CPU kernels have no bfloat16 Conv."""
+    report.input_dtype = FLOAT_INPUTS[graph_inputs(model)[0].type.tensor_type.elem_type]
+    try:
+        converted = float32_graph(model.graph)
+    except Exception as exc:  # noqa: BLE001  onnx raises ValueError/TypeError/... for a tensor whose bytes do not decode
+        raise ModelError(f"{path}: a float16/bfloat16/float64 weight cannot be read ({exc.__class__.__name__})",
+                         "Copy the file again or re-export it: it is damaged or incomplete") from exc
+    if report.input_dtype != "float32":
+        report.notes.append(
+            f"input and {converted} weight(s) in {report.input_dtype} converted to float32: every stage runs the float32 model"
+            + (" (ONNX Runtime's CPU kernels have no bfloat16 Conv)" if report.input_dtype == "bfloat16" else "")
+        )
+    elif converted:
+        report.notes.append(f"{converted} half-precision weight(s) and their Casts converted to float32")
+
+
+def _note_input_chain(chain: InputChain, report: IntakeReport) -> None:
+    """Say what the graph does to its input before its first conv: a Transpose from NHWC, preprocessing."""
+    before = [op for op in chain.ops if op != "Transpose"]
+    if report.layout == "nhwc":
+        after = f", after {', '.join(before)}" if before and chain.ops.index("Transpose") > 0 else ""
+        report.notes.append(f"input is NHWC (a Transpose to NCHW follows it{after}): data is fed in NHWC")
+    if chain.normalises:
+        report.input_preprocessing = chain.to_dict()
+        takes = "raw 0-255 pixels" if chain.takes_raw_pixels else "0-1 pixels"
+        report.notes.append(
+            f"the graph {chain.describe()} before its first conv ({', '.join(before)}: Keras Rescaling/Normalization "
+            f"or tf2onnx preprocessing): it takes {takes}, so images are fed as such by default, with no mean/std on top"
+        )
+
+
 def normalize_onnx(model: onnx.ModelProto, path: Path | str = "model") -> tuple[onnx.ModelProto, IntakeReport]:
     """A copy of ``model`` in rescompile's canonical form, and what was changed to get there."""
     check_structure(model, path)
@@ -317,6 +359,7 @@ def normalize_onnx(model: onnx.ModelProto, path: Path | str = "model") -> tuple[
     if dropped:
         report.notes.append(f"{dropped} weight(s) listed as graph inputs (IR {ir} style) are constants")
     report.layout = check_io(work, path)
+    _to_float32(work, report, path)
     report.softmax_output = ends_in_softmax(work)
     fixed = _dynamic_dims(work, path)
     if fixed:
@@ -352,8 +395,7 @@ def normalize_onnx(model: onnx.ModelProto, path: Path | str = "model") -> tuple[
     gemms = _matmul_add_to_gemm(work)
     if gemms:
         report.notes.append(f"{gemms} MatMul + Add head(s) rewritten as Gemm")
-    if report.layout == "nhwc":
-        report.notes.append("input is NHWC (a Transpose to NCHW follows it): data is fed in NHWC")
+    _note_input_chain(input_chain(work), report)
     if report.softmax_output:
         report.notes.append("the output is a Softmax (probabilities): kept as it is")
     for note in report.notes:

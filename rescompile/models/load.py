@@ -55,9 +55,11 @@ def load_model(
     pretrained: bool = False,
     trust_checkpoint: bool = False,
     preprocessing: PreprocessingOverride | None = None,
+    data_size: int | None = None,
 ) -> LoadedModel:
     """Load ``source``. ``arch``/``num_classes``/``input_size`` fill in what the file lacks, and
     ``preprocessing`` (what the user named: --mean, --std, ...) what it does not say about its input.
+    ``data_size``: the image size the calibration data hold, for an ONNX model whose size is dynamic.
 
     Checkpoints are read with ``torch.load(weights_only=True)``; ``trust_checkpoint=True``
     allows full unpickling (runs code from the file: only for files you trust).
@@ -74,7 +76,7 @@ def load_model(
     if path.is_dir():
         raise ModelError(f"{path} is a directory, not a model file", "Pass the .pt, .ts or .onnx file itself")
     if path.suffix.lower() in _ONNX_SUFFIXES or _looks_like_onnx(path):
-        return _from_onnx(path, input_size, num_classes, preprocessing)
+        return _from_onnx(path, input_size, num_classes, preprocessing, data_size)
     if zipfile.is_zipfile(path) and _is_torchscript(path):
         loaded = _from_torchscript(path, arch, num_classes, input_size)
     else:
@@ -109,11 +111,14 @@ def _looks_like_onnx(path: Path) -> bool:
     return len(head) == 2 and head[0] == 0x08 and not zipfile.is_zipfile(path)
 
 
-def _from_onnx(path: Path, input_size: int | None, num_classes: int | None, override: PreprocessingOverride | None) -> LoadedModel:
+def _from_onnx(
+    path: Path, input_size: int | None, num_classes: int | None, override: PreprocessingOverride | None, data_size: int | None = None,
+) -> LoadedModel:
     from rescompile.models.onnx_model import read_onnx, spec_from_onnx
 
     model, intake = read_onnx(path)  # foreign files are refused here, in one line, before any stage runs
-    spec = spec_from_onnx(model, path, input_size=input_size, num_classes=num_classes, override=override)
+    spec = spec_from_onnx(model, path, input_size=input_size, num_classes=num_classes, override=override, data_size=data_size,
+                          report=intake)
     return LoadedModel(spec, str(path), "onnx", onnx_path=path, intake=intake)
 
 

@@ -105,6 +105,22 @@ def copy_self_contained(src: Path, dst: Path) -> Path:
     return dst
 
 
+def copy_as_float32(src: Path, dst: Path) -> Path:
+    """copy_self_contained, except that a float16/bfloat16/float64 model is written as its float32
+    conversion (what intake makes of it): every FP32 file of a bundle then runs in float32."""
+    import onnx
+
+    from rescompile.models.graph_input import float32_graph, holds_other_floats
+
+    if not holds_other_floats(onnx.load(str(src), load_external_data=False).graph):
+        return copy_self_contained(src, dst)
+    model = load_onnx(src)
+    float32_graph(model.graph)
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+    return dst
+
+
 def _dims(value_info) -> list[Any]:
     t = value_info.type.tensor_type
     if not t.HasField("shape"):
@@ -129,10 +145,14 @@ def check_classifier(model, path: Path | str) -> tuple[list[Any], list[Any]]:
 
 def spec_from_onnx(
     model, path: Path, *, input_size: int | None = None, num_classes: int | None = None, override: PreprocessingOverride | None = None,
+    data_size: int | None = None, report: Any = None,
 ) -> ModelSpec:
     """The ModelSpec stored in the metadata by ``rescompile export``, else one inferred from the
-    graph and the preprocessing the user named (``override``; ImageNet's, with a warning, when none)."""
-    from rescompile.models.intake import ends_in_softmax, input_layout
+    graph and the preprocessing the user named (``override``; when none, what the graph's own
+    preprocessing takes, else ImageNet's with a warning). ``data_size`` is the image size the
+    calibration data hold, used when the model's height and width are dynamic and no size was given.
+    What was decided from the graph or the data alone is added to ``report.notes`` (an IntakeReport)."""
+    from rescompile.models.intake import ends_in_softmax, input_chain
 
     in_dims, out_dims = check_classifier(model, path)
     override = override if override is not None and not override.empty else None
@@ -146,13 +166,19 @@ def spec_from_onnx(
             return spec
         log.warning("%s carries its own preprocessing; using the one given on the command line instead", path)
         return replace(spec, preprocessing=override.apply(spec.preprocessing))
-    layout = input_layout(model)
+    notes = report.notes if report is not None else []
+    chain = input_chain(model)
+    layout = chain.layout
     h, w = (in_dims[1], in_dims[2]) if layout == "nhwc" else (in_dims[2], in_dims[3])
     static = h if isinstance(h, int) and h > 0 and h == w else None
     wanted = (override.input_size if override else None) or input_size
     if static and wanted and wanted != static:
         raise ModelError(f"{path} takes {static}x{static} images, not {wanted}x{wanted}", "Drop --input-size, or pass the model's own size")
     size = static or wanted
+    if size is None and data_size:
+        size = data_size
+        notes.append(f"input size {size}x{size} taken from the calibration data (the model's height and width are dynamic)")
+        log.info("%s: %s", path, notes[-1])
     if size is None:
         size = 224
         log.warning("%s has a dynamic input size and no rescompile metadata: assuming 224x224 (pass --input-size)", path)
@@ -160,7 +186,15 @@ def spec_from_onnx(
     if classes is None:
         raise ModelError(f"{path} has a dynamic number of classes", "Pass --num-classes")
     base = Preprocessing(size, IMAGENET_MEAN, IMAGENET_STD, resize=round(size * 256 / 224) if size >= 96 else None, layout=layout)
-    if override is None:
+    if override is None and chain.normalises:
+        # The graph normalises itself (Keras Rescaling/Normalization): feed it the pixels it expects,
+        # raw 0-255 (mean 0, std 1/255 in Preprocessing's 0-1 units) or 0-1, and no mean/std on top.
+        raw = chain.takes_raw_pixels
+        prep = replace(base, mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3 if raw else (1.0,) * 3)
+        notes.append(f"preprocessing: the graph normalises its input itself, so images are fed as {'raw 0-255' if raw else '0-1'} "
+                     "RGB pixels, not with ImageNet mean/std (pass --mean/--std or --scale to change it)")
+        log.info("%s: %s", path, notes[-1])
+    elif override is None:
         log.warning("%s carries no preprocessing: assuming ImageNet mean/std on RGB 0-1 pixels (if it was trained otherwise, "
                     "pass --mean/--std, --scale 255 or --channel-order bgr)", path)
         prep = base

@@ -96,7 +96,7 @@ class Runner:
                 f"infer() takes a numpy array, got {type(batch).__name__}",
                 "Pass np.asarray(batch, dtype=np.float32) of shape (N, C, H, W)",
             )
-        if not np.issubdtype(batch.dtype, np.floating):
+        if not (np.issubdtype(batch.dtype, np.floating) or batch.dtype.name == "bfloat16"):  # ml_dtypes' bfloat16 is no np.floating
             hint = "Use classify() for raw images, or apply runner.spec.preprocessing first" if batch.dtype == np.uint8 else \
                 "Convert it with batch.astype(np.float32)"
             raise RunnerError(f"infer() takes a float32 batch, got {batch.dtype}", hint)

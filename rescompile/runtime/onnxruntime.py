@@ -17,6 +17,9 @@ from rescompile.runtime.base import Runner, RunnerError
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
+# A model file that still takes another float type than float32 (an ONNX file loaded as it is, e.g. a
+# model.half() export) is fed that type: batches are float32 everywhere else.
+FEED_DTYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 class OnnxRuntimeRunner(Runner):
@@ -114,6 +117,7 @@ class OnnxRuntimeRunner(Runner):
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         session = self._float_session()
+        batch = batch.astype(FEED_DTYPES.get(session.get_inputs()[0].type, np.float32), copy=False)
         try:
             return session.run([self.output_name], {self.input_name: batch})[0]
         except Exception as exc:  # shape errors inside the graph surface as ORT's own types
