@@ -216,6 +216,9 @@ class BuildConfig:
     num_classes: int | None = None
     input_size: int | None = None
     preprocessing: PreprocessingOverride | None = None  # --mean/--std/--scale/...: what the model takes
+    # An already-quantized source (stages/calibrate/prequant.py): the float model its accuracy is measured against;
+    # None: its own Q/DQ-stripped graph (which says nothing about the original quantization's loss).
+    fp32_reference: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from rescompile.stages.calibrate.inputs import (  # noqa: F401  (re-exported: th
 )
 from rescompile.stages.calibrate.stage import ACCURACY, CACHE, CPU_ONNX, QDQ_ONNX, SCALES, CalibrationResult
 from rescompile.models.load import LoadedModel, load_model
-from rescompile.models.onnx_model import copy_self_contained
+from rescompile.models.onnx_model import copy_as_float32  # float16/bfloat16 sources are bundled as float32
 from rescompile.stages.export import ExportResult, onnx_from_torch
 from rescompile.stages.optimize import OptimizeResult, optimize_onnx
 from rescompile.versions import library_versions, machine
@@ -110,7 +110,7 @@ def export_and_optimize(
     export_result = None
     if model.kind == "onnx":
         if model.onnx_path.resolve() != fp32.resolve():
-            copy_self_contained(model.onnx_path, fp32)
+            copy_as_float32(model.onnx_path, fp32)
     else:
         export_result = onnx_from_torch(model.module, model.spec, fp32, export)
     stage("optimize")
@@ -129,9 +129,15 @@ def default_output_dir(model: LoadedModel) -> Path:
 def resolve_source(config: BuildConfig, train_callback: Any = None) -> LoadedModel:
     if config.source is None:
         return default_model(train_callback, retrain=config.retrain)
+    from rescompile.stages.calibrate.prequant import quantized_source
+
+    quantized_source(config.source)  # a QOperator-format model is refused here, in its own words
+    from rescompile.data.arrays import array_image_size  # calibration arrays fix a dynamic ONNX input size
+
     return load_model(
         config.source, arch=config.arch, num_classes=config.num_classes, input_size=config.input_size,
         trust_checkpoint=config.trust_checkpoint, preprocessing=config.preprocessing,
+        data_size=array_image_size(config.calib_data.dataset) if config.calib_data else None,
     )
 
 
@@ -151,16 +157,26 @@ def build(
     stage = on_stage or (lambda _name: None)
     stage("model")
     model = resolve_source(config, train_callback)
+    # An already-quantized source (stages/calibrate/prequant.py): its own scales, no calibration.
+    from rescompile.errors import ConfigError
+    from rescompile.stages.calibrate.prequant import prequantized_inputs, prequantized_model
+
+    prequant = prequantized_model(model)
+    if config.fp32_reference is not None and prequant is None:
+        raise ConfigError("--fp32-reference is for models that are already quantized, and this one is not", "Drop --fp32-reference")
     inputs = None
-    if config.precision.needs_calibration:  # bad data fails here, before the bundle is touched
+    if config.precision.needs_calibration and prequant is not None:
+        inputs, prequant = prequantized_inputs(prequant, model.spec, config.calib_data, config.eval_data, config.fp32_reference)
+    elif config.precision.needs_calibration:  # bad data fails here, before the bundle is touched
         inputs = int8_inputs(model.spec, config.calib, config.calib_data, config.eval_data)
     _check_engine_options(config)
     out = Path(config.output_dir) if config.output_dir else default_output_dir(model)
     with writing_into(out):
         with staged_dir(out, last=(MANIFEST,), first_remove=(MANIFEST, *BUNDLE_FILES, BENCH_DIR)) as work:
-            result = _write_bundle(config, model, inputs, work, out, stage, on_progress)
+            result = _write_bundle(config, model, inputs, work, out, stage, on_progress, prequant)
         result = relocate(result, work, out)
-        result.notes = [*(model.intake.notes if model.intake else ()), *(inputs.notes if inputs else ())]
+        result.notes = [*(model.intake.notes if model.intake else ()), *(prequant.notes if prequant else ()),
+                        *(inputs.notes if inputs else ())]
         if config.bench:
             stage("bench")
             result.bench = quick_bench(out, on_progress)
@@ -197,9 +213,15 @@ def calibrate_into(
 
 def _write_bundle(
     config: BuildConfig, model: LoadedModel, inputs: Int8Inputs | None, work: Path, out: Path, stage: Callable[[str], None],
-    on_progress: Any,
+    on_progress: Any, prequant: Any = None,
 ) -> BuildResult:
-    export_result, optimized = export_and_optimize(model, work, config.export, stage)
+    if prequant is not None:  # already quantized: the FP32 copies are its Q/DQ-stripped graph (prequant.py)
+        from rescompile.stages.calibrate.prequant import write_fp32
+
+        stage("export")
+        export_result, optimized = None, write_fp32(prequant, work / FP32_ONNX, work / OPTIMIZED_ONNX, stage)
+    else:
+        export_result, optimized = export_and_optimize(model, work, config.export, stage)
     report = write_json_atomic(work / FUSION_REPORT, optimized.report.to_dict())
     files = {"fp32_onnx": work / FP32_ONNX, "optimized_onnx": optimized.path, "fusion_report": report, "labels": write_labels(work, model.spec)}
     files.update(write_torch_model(work, model))
@@ -207,7 +229,12 @@ def _write_bundle(
     calibration = None
     if inputs is not None:
         stage("calibrate")
-        calibration = calibrate_model(optimized.path, model.spec, work, config.calib, inputs, on_progress=on_progress)
+        if prequant is not None:  # its own scales, as they are (prequant.py)
+            from rescompile.stages.calibrate.prequant import calibrate_prequantized
+
+            calibration = calibrate_prequantized(prequant, optimized.path, model.spec, work, config.calib, inputs.test, on_progress)
+        else:
+            calibration = calibrate_model(optimized.path, model.spec, work, config.calib, inputs, on_progress=on_progress)
         files.update({
             "qdq_onnx": calibration.qdq_path, "cpu_int8_onnx": calibration.cpu_path, "calibration_cache": calibration.cache_path,
             "scales": calibration.scales_path, "accuracy": calibration.accuracy_path,
@@ -404,6 +431,7 @@ def calibration_summary(calibration: CalibrationResult) -> dict[str, Any]:
         "method": calibration.method, "percentile": calibration.percentile, "images": calibration.images,
         "trt_cache_version": calibration.cache_version, "float_layers": calibration.float_layers,
         "accuracy": calibration.accuracy, "lint_passed": calibration.lint.get("passed"), "provenance": calibration.provenance,
+        **({"prequantized": calibration.prequantized} if calibration.prequantized else {}),  # placement findings, warnings
     }
 
 

@@ -75,6 +75,11 @@ def build(
     max_accuracy_drop: MaxDrop = None,
     sensitivity: Sensitivity = False,
     fallback: Fallback = True,
+    fp32_reference: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="MODEL already quantized (Q/DQ): the FP32 ONNX it came from, to measure its accuracy "
+                     "against [default: its own Q/DQ-stripped graph, which says nothing about the quantization loss]."),
+    ] = None,
     int8_source: Annotated[
         Int8Source, typer.Option(case_sensitive=False, help="TensorRT 10: qdq (explicit, default) or cache (implicit INT8 from calibration.cache).")
     ] = E.int8_source,
@@ -140,6 +145,7 @@ def build(
         calib_data=data_config(calib_data, data_dir, data_format), eval_data=data_config(eval_data, data_dir, data_format), engine=engine,
         bench=bench, trust_checkpoint=trust_checkpoint,
         preprocessing=preprocessing_override(mean, std, scale, resize, center_crop, channel_order),
+        fp32_reference=fp32_reference,
     )
     with StepProgress(enabled=not json_out) as progress:
         result = run_build(
@@ -155,6 +161,7 @@ def build(
         "calibration": None if result.calibration is None else {
             "method": result.calibration.method, "images": result.calibration.images, "accuracy": result.calibration.accuracy,
             "lint": result.calibration.lint, "safety_net": result.calibration.safety,
+            "prequantized": result.calibration.prequantized or None,
         },
         "engine": None if result.engine is None else {"path": str(result.engine.path), "plan": result.engine.plan.to_dict()},
         "engine_plan": None if result.plan is None else result.plan.to_dict(),
@@ -177,6 +184,8 @@ def build(
     table.add_column("notes")
     ex = result.export
     note = f"max |ONNX - PyTorch| {ex.check.max_abs_diff:.1e}, top-1 agreement {ex.check.top1_agreement:.0%}" if ex and ex.check else "copied"
+    if result.calibration is not None and result.calibration.prequantized:  # prequant.py
+        note = "the given quantized model with its Q/DQ stripped"
     table.add_row("FP32 ONNX", result.files["fp32_onnx"].name, note)
     rep = result.optimize.report
     table.add_row(
@@ -192,7 +201,7 @@ def build(
         table.add_row("CPU INT8 ONNX", cal.cpu_path.name, "ONNX Runtime, uint8 activations")
         if cal.pixels_path is not None:
             table.add_row("CPU INT8 ONNX, pixels in", cal.pixels_path.name, "uint8 RGB pixels in, normalisation folded in (classify, predict)")
-        table.add_row("scales.json", cal.scales_path.name, f"{cal.method}, {cal.images} images")
+        table.add_row("scales.json", cal.scales_path.name, "the given model's own scales" if cal.prequantized else f"{cal.method}, {cal.images} images")
     if "fp16_onnx" in result.files:
         table.add_row("FP16 ONNX", result.files["fp16_onnx"].name, "TensorRT 11 strongly typed FP16")
     if result.engine is not None:

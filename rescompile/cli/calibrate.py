@@ -55,6 +55,8 @@ def accuracy_table(acc: dict, title: str) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     rows = [("FP32", "ORT", acc["fp32"]), ("INT8 Q/DQ TensorRT", "reference Q/DQ", acc["int8_tensorrt_reference"]),
             ("INT8 CPU artifact", "ORT", acc["int8_cpu_onnxruntime"])]
+    if acc.get("int8_given_reference"):  # an already-quantized model, as given (prequant.py)
+        rows.insert(1, ("INT8 as given", "reference Q/DQ", acc["int8_given_reference"]))
     if acc.get("int8_cpu_pixels_onnxruntime"):
         rows.append(("INT8 CPU artifact, pixels in", "ORT", acc["int8_cpu_pixels_onnxruntime"]))
     for name, runtime, r in rows:
@@ -96,7 +98,8 @@ def print_calibration(cal, full_report: bool = False) -> None:
         out.print(t)
     if cal.accuracy.get("evaluated"):
         what = cal.method + (f" {cal.percentile}" if cal.percentile else "")
-        out.print(accuracy_table(cal.accuracy, f"INT8 accuracy ({what}, {cal.images} calibration images, {cal.accuracy['images']} test images)"))
+        images = "its own scales" if cal.prequantized else f"{cal.images} calibration images"
+        out.print(accuracy_table(cal.accuracy, f"INT8 accuracy ({what}, {images}, {cal.accuracy['images']} test images)"))
     if cal.sensitivity:
         t = Table(title="per-layer sensitivity (each layer quantized alone)")
         for col in ("layer", "drop (points)", "cosine"):
@@ -109,6 +112,12 @@ def print_calibration(cal, full_report: bool = False) -> None:
     lint = cal.lint
     verdict = "passes" if lint.get("passed") else f"FAILS ({len(lint.get('violations', []))} violations)"
     out.print(f"TensorRT Q/DQ lint: {verdict}")
+    if cal.prequantized:  # an already-quantized model (prequant.py): where its own placement does not suit TensorRT
+        bad = [r for r in cal.prequantized["placement"] if not r["suits_tensorrt"]]
+        out.print(f"Q/DQ model {escape(cal.prequantized['qdq_model'])}; given placement: "
+                  f"{len(bad)} of {len(cal.prequantized['placement'])} residual blocks unsuited to TensorRT (accuracy.json lists them)")
+        if cal.accuracy.get("fp32_reference"):
+            out.print(f"FP32 reference: {escape(cal.accuracy['fp32_reference'])}")
 
 
 @app.command(
@@ -154,11 +163,15 @@ def calibrate(
     """Calibrate INT8 on real images: Q/DQ ONNX + TensorRT cache + CPU INT8 model from one set of scales."""
     from rescompile.models.load import load_model
     from rescompile.pipeline import calibrate_into, int8_inputs
+    from rescompile.stages.calibrate.prequant import refuse_quantized
 
+    refuse_quantized(model)  # already quantized (Q/DQ, or QOperator): `build` uses its own scales; never calibrated twice
     config = calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity, fallback)
     prep = preprocessing_override(mean, std, scale, resize, center_crop, channel_order)
+    from rescompile.data.arrays import array_image_size
+
     loaded = load_model(model, arch=arch, num_classes=num_classes, input_size=input_size, trust_checkpoint=trust_checkpoint,
-                        preprocessing=prep)
+                        preprocessing=prep, data_size=array_image_size(data) if data else None)
     # Data (or cache) is loaded and checked first: bad input leaves the output directory untouched.
     inputs = int8_inputs(loaded.spec, config, data_config(data, data_dir, data_format), data_config(eval_data, data_dir, data_format),
                          from_cache, from_scales)

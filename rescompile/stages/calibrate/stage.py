@@ -66,6 +66,8 @@ class CalibrationResult:
     safety: dict[str, Any] = field(default_factory=dict)  # what the safety net judged and changed
     tensors: list[dict[str, Any]] = field(default_factory=list)  # per-tensor evidence (safety.tensor_report)
     pixels_path: Path | None = None  # the CPU artifact that takes uint8 pixels (None: not made, see accuracy)
+    # An already-quantized source (prequant.py): its tool, placement findings and warnings; empty when calibrated here.
+    prequantized: dict[str, Any] = field(default_factory=dict)
 
 
 def input_range(model: onnx.ModelProto, spec: ModelSpec) -> dict[str, float]:
@@ -187,6 +189,9 @@ def calibrate(
 
     ``on_progress(task, done, total)`` is told how far each long step has got.
     """
+    from rescompile.stages.calibrate.prequant import check_not_quantized  # (lazy: prequant imports this module)
+
+    check_not_quantized(fp32)  # an already-quantized model keeps its own scales: never a second set of Q/DQ
     progress = on_progress or (lambda _task, _done, _total: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = activation_tensors(fp32)
