@@ -23,7 +23,7 @@ def test_a_rate_is_turned_into_whole_samples_and_refused_below_one():
     assert Tolerance.from_rate(0.01, 540, "1%").flips == 5
     assert Tolerance.from_rate(0.02, 50, "2%").flips == 1  # exactly one sample, not rounded away
     with pytest.raises(ToleranceTooFine, match="0.54 samples, finer than one"):
-        Tolerance.from_rate(0.001, 540, "the bound issue 21 found")  # 0.1 points of 540 images
+        Tolerance.from_rate(0.001, 540, "0.1 points of 540 images")
     with pytest.raises(ToleranceTooFine, match="say why"):
         Tolerance(2, 540, " ")
 

@@ -13,12 +13,13 @@ def _mark(ok: bool) -> str:
 
 def fusion_table(report: FusionReport, title: str) -> Table:
     table = Table(title=title)
-    for col in ("block", "kind", "skip", "branch holds", "Conv-BN", "Conv-ReLU", "Add-ReLU", "blocks fusion"):
+    holds = any(b.holds for b in report.blocks)  # the column only where a branch holds more than convs and ReLUs
+    for col in ("block", "kind", "skip", *(("branch holds",) if holds else ()), "Conv-BN", "Conv-ReLU", "Add-ReLU", "blocks fusion"):
         table.add_column(col)
     for b in report.blocks:
         table.add_row(
-            b.name, b.kind, b.skip, "; ".join(b.holds) or "-", _mark(b.conv_bn_fusable), _mark(b.conv_relu_fusable),
-            _mark(b.add_relu_fusable), "; ".join(b.blockers) or "-",
+            b.name, b.kind, b.skip, *(("; ".join(b.holds) or "-",) if holds else ()), _mark(b.conv_bn_fusable),
+            _mark(b.conv_relu_fusable), _mark(b.add_relu_fusable), "; ".join(b.blockers) or "-",
         )
     return table
 

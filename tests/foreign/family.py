@@ -203,5 +203,80 @@ def build_member(name: str, folder: Path, seed: int = 0) -> tuple[Foreign, dict]
     exporter = export(model, path, dynamo=name in DYNAMO)
     tr, te = data["train"], data["test"]
     out = {"calib": np.ascontiguousarray(data["x"][tr[:512]]), "eval_x": np.ascontiguousarray(data["x"][te]),
-           "eval_y": data["y"][te].copy(), "torch_top1": top1, "exporter": exporter}
+           "eval_y": data["y"][te].copy(), "torch_top1": top1, "exporter": exporter, "model": model,
+           "mean": data["mean"], "std": data["std"]}
     return Foreign(name, path, model.residual_blocks, "nchw", CHW, NUM_CLASSES, 17, f"{name}, {exporter} exporter"), out
+
+
+# --------------------------------------------------------------------------- as other tools hand them over
+
+
+def quantize_static(src: Path, dst: Path, calib: np.ndarray, *, symmetric_int8: bool) -> Path:
+    """ONNX Runtime's quantize_static as its docs show it (QDQ, per-channel weights, MinMax), with
+    symmetric int8 activations (the only kind TensorRT runs) or uint8 ones (ONNX Runtime on a CPU)."""
+    import onnx
+    from onnxruntime import quantization as q
+
+    name = onnx.load(str(src)).graph.input[0].name
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calib[i:i + 32] for i in range(0, len(calib), 32))
+
+        def get_next(self):
+            x = next(self.batches, None)
+            return None if x is None else {name: x}
+
+    acts = dict(activation_type=q.QuantType.QInt8, extra_options={"ActivationSymmetric": True}) if symmetric_int8 \
+        else dict(activation_type=q.QuantType.QUInt8)
+    q.quantize_static(str(src), str(dst), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True, weight_type=q.QuantType.QInt8,
+                      **acts)
+    return dst
+
+
+def deployed(path: Path, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime as an application runs it (graph optimizations on: its integer kernels)."""
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def keras_nhwc(model, data: dict, path: Path) -> dict:
+    """The member behind an NHWC raw-pixel input: Mul(1/255), Sub(mean), Div(std), Transpose, as
+    Keras' Rescaling + Normalization export; data become NHWC 0-255 floats."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = path.with_name("body.onnx")
+    export(model, body)
+    m = onnx.load(str(body))
+    g = m.graph
+    old = g.input[0].name
+    g.input.remove(g.input[0])
+    g.input.insert(0, helper.make_tensor_value_info("keras_tensor", TensorProto.FLOAT, ["N", 32, 32, 3]))
+    consts = {"k_scale": np.float32(1 / 255), "k_mean": data["mean"].astype(np.float32), "k_std": data["std"].astype(np.float32)}
+    g.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items())
+    front = [helper.make_node("Mul", ["keras_tensor", "k_scale"], ["k1"]), helper.make_node("Sub", ["k1", "k_mean"], ["k2"]),
+             helper.make_node("Div", ["k2", "k_std"], ["k3"]), helper.make_node("Transpose", ["k3"], [old], perm=[0, 3, 1, 2])]
+    for n in reversed(front):
+        g.node.insert(0, n)
+    onnx.save(m, str(path))
+
+    def pixels(x):  # the normalised NCHW arrays back to NHWC 0-255
+        return np.ascontiguousarray(((x * data["std"][None, :, None, None] + data["mean"][None, :, None, None]) * 255)
+                                    .transpose(0, 2, 3, 1).astype(np.float32))
+    return {"calib": pixels(data["calib"]), "eval_x": pixels(data["eval_x"]), "eval_y": data["eval_y"]}
+
+
+def float16(model, path: Path) -> None:
+    import copy
+
+    import torch
+
+    half = copy.deepcopy(model).half().eval()
+    kwargs = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(half, (torch.zeros(1, *CHW, dtype=torch.float16),), str(path), opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **kwargs)

@@ -12,7 +12,7 @@ import pytest
 from rescompile.stages.optimize import inspect_onnx
 from tests.cli.test_cli import invoke
 from tests.foreign.corpus import reference_outputs
-from tests.foreign.family import MEMBERS, build_member
+from tests.foreign.family import MEMBERS, build_member, deployed, export, float16, keras_nhwc, quantize_static
 from tests.tolerance import Tolerance
 
 HELD_OUT = 540
@@ -55,36 +55,6 @@ def test_blocks_are_found_by_structure_and_described(family, name):
         assert all(not b.gates and not b.preactivation for b in blocks)
 
 
-def _quantize_static(src, dst, calib, *, symmetric_int8: bool):
-    """ONNX Runtime's quantize_static as its docs show it (QDQ, per-channel weights, MinMax), with uint8
-    activations (for ONNX Runtime on a CPU) or symmetric int8 ones (the only kind TensorRT runs)."""
-    from onnxruntime import quantization as q
-
-    name = onnx.load(str(src)).graph.input[0].name
-
-    class Reader(q.CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(calib[i:i + 32] for i in range(0, len(calib), 32))
-
-        def get_next(self):
-            x = next(self.batches, None)
-            return None if x is None else {name: x}
-
-    activations = dict(activation_type=q.QuantType.QInt8, extra_options={"ActivationSymmetric": True}) if symmetric_int8 \
-        else dict(activation_type=q.QuantType.QUInt8)
-    q.quantize_static(str(src), str(dst), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True, weight_type=q.QuantType.QInt8,
-                      **activations)
-    return dst
-
-
-def _deployed(path, x):
-    """ONNX Runtime as an application runs it (graph optimizations on: its integer kernels)."""
-    import onnxruntime as ort
-
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return s.run(None, {s.get_inputs()[0].name: x})[0]
-
-
 @pytest.mark.parametrize("name", list(MEMBERS))
 def test_every_member_builds_with_the_default_command_and_holds_int8(family, name, tmp_path):
     f, data, folder = family[name]
@@ -109,9 +79,9 @@ def test_every_member_builds_with_the_default_command_and_holds_int8(family, nam
     # twice the levels for a ReLU output, TensorRT cannot run), the CPU artifact against
     # quantize_static's uint8 model, both as ONNX Runtime deploys them.
     opt = out / "model_opt.onnx"
-    peer_trt = reference_outputs(_quantize_static(opt, tmp_path / "s8.onnx", data["calib"], symmetric_int8=True), x).argmax(1)
-    peer_cpu = _deployed(_quantize_static(opt, tmp_path / "u8.onnx", data["calib"], symmetric_int8=False), x).argmax(1)
-    cpu = _deployed(out / "model_int8_cpu.onnx", x).argmax(1)
+    peer_trt = reference_outputs(quantize_static(opt, tmp_path / "s8.onnx", data["calib"], symmetric_int8=True), x).argmax(1)
+    peer_cpu = deployed(quantize_static(opt, tmp_path / "u8.onnx", data["calib"], symmetric_int8=False), x).argmax(1)
+    cpu = deployed(out / "model_int8_cpu.onnx", x).argmax(1)
     for ours, peer, what in ((qdq, peer_trt, "TensorRT Q/DQ"), (cpu, peer_cpu, "CPU artifact")):
         differ, peer_differ = int((ours != ref).sum()), int((peer != ref).sum())
         assert differ <= peer_differ + PEER_NOISE, (name, what, differ, peer_differ)
@@ -134,3 +104,37 @@ def test_squeeze_excitation_gets_the_placement_tensorrt_runs(family, tmp_path):
         assert all(producers[i].op_type != "DequantizeLinear" for i in mul.input)
     adds = [n for n in q.graph.node if n.op_type == "Add" and all(i in producers for i in n.input)]
     assert len(adds) == 3 and all(sum(producers[i].op_type == "DequantizeLinear" for i in a.input) == 1 for a in adds)
+
+
+def test_the_same_network_as_other_tools_hand_it_over(family, tmp_path):
+    """The trained ResNet-D behind a Keras-style NHWC front that rescales and normalises raw 0-255
+    pixels in the graph, exported in float16, and already quantized by quantize_static: each builds
+    with the default command, its blocks found, INT8 within the suite's tolerance of its FP32 model."""
+    f, data, _folder = family["resnet_d"]
+    net = data["model"]
+    fp32 = tmp_path / "fp32.onnx"
+    export(net, fp32)
+    pixels = keras_nhwc(net, data, tmp_path / "keras.onnx")
+    float16(net, tmp_path / "fp16.onnx")
+    pre = quantize_static(fp32, tmp_path / "pre.onnx", data["calib"], symmetric_int8=True)
+    cases = [("keras", tmp_path / "keras.onnx", pixels, tmp_path / "keras.onnx", ()),
+             ("fp16", tmp_path / "fp16.onnx", data, fp32, ()),
+             ("prequantized", pre, data, fp32, ("--fp32-reference", fp32))]
+    for name, path, d, reference, extra in cases:
+        np.save(tmp_path / f"{name}_calib.npy", d["calib"])
+        np.savez(tmp_path / f"{name}_eval.npz", images=d["eval_x"], labels=d["eval_y"])
+        out = tmp_path / f"{name}_bundle"
+        res = invoke("build", path, "--calib-data", tmp_path / f"{name}_calib.npy", "--eval-data", tmp_path / f"{name}_eval.npz",
+                     "--no-bench", "-o", out, *extra)
+        assert res.exit_code == 0, (name, res.stderr)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["optimize"]["residual_blocks"] == f.blocks, name
+        x, y = d["eval_x"], d["eval_y"]
+        ref = reference_outputs(reference, x).argmax(1)
+        qdq = reference_outputs(out / "model_int8_qdq.onnx", x).argmax(1)
+        LOST.check_drop(qdq, ref, y, name)
+        DIFFER.check_agreement(qdq, ref, name)
+    assert manifest["calibration"]["method"] == "prequantized"
+    assert json.loads((tmp_path / "fp16_bundle" / "manifest.json").read_text())["intake"]["input_dtype"] == "float16"
+    keras = json.loads((tmp_path / "keras_bundle" / "manifest.json").read_text())
+    assert keras["intake"]["layout"] == "nhwc" and keras["spec"]["preprocessing"]["std"] == pytest.approx([1 / 255] * 3)
