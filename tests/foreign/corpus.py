@@ -426,6 +426,34 @@ def _digits_images() -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(img[:, None], 3, axis=1), d.target.astype(np.int64)  # 3 equal channels, NCHW
 
 
+def fit_on_digits(model: nn.Module, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *, epochs: int,
+                  seed: int) -> float:
+    """A short one-cycle Adam run (batches of 32, lr 1e-2) on one intra-op thread; held-out top-1.
+    One thread: on a 2-core box shared with another busy process, 2 spinning OpenMP threads ran
+    ~7x slower per epoch than 1 (1 s vs 7-8 s); alone, 2 gain only ~25%."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch = 32
+        steps = len(x) // batch
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-2, total_steps=epochs * steps)
+        rng = np.random.default_rng(seed)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        model.train()
+        for _ in range(epochs):
+            for idx in np.array_split(rng.permutation(len(x)), steps):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+                opt.step()
+                sched.step()
+        model.eval()
+        with torch.no_grad():
+            return float((model(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean())
+    finally:
+        torch.set_num_threads(threads)
+
+
 def trained_normalised_digits(folder: Path, stats: tuple[float, float] | None = None, name: str = "trained_normalised_digits",
                               seed: int = 0) -> tuple[Foreign, dict]:
     """Basic TinyResNet trained on sklearn digits with normalisation done OUTSIDE the graph
@@ -442,33 +470,16 @@ def trained_normalised_digits(folder: Path, stats: tuple[float, float] | None = 
     std = x[tr].std(axis=(0, 2, 3)) if stats is None else np.full(3, stats[1], np.float32)
     xn = ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
 
-    # One intra-op thread: on a 2-core box shared with another busy process, 2 spinning
-    # OpenMP threads ran ~7x slower per epoch than 1 (1 s vs 7-8 s); alone, 2 gain only ~25%.
+    torch.manual_seed(seed)
+    model = TinyResNet("basic")
+    # Global pooling over a ~21 px receptive field learns digits slowly; a one-cycle
+    # schedule reaches ~98-99% held-out in 10 short epochs (~1 s each on 2 free cores).
+    top1 = fit_on_digits(model, xn[tr], y[tr], xn[te], y[te], epochs=10, seed=seed)
+    path = Path(folder) / f"{name}.onnx"
+    Path(folder).mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(seed)
-        model = TinyResNet("basic")
-        # Global pooling over a ~21 px receptive field learns digits slowly; a one-cycle
-        # schedule reaches ~98-99% held-out in 10 short epochs (~1 s each on 2 free cores).
-        epochs, batch = 10, 32
-        steps = len(tr) // batch
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-2, total_steps=epochs * steps)
-        rng = np.random.default_rng(seed)
-        xt, yt = torch.from_numpy(xn[tr]), torch.from_numpy(y[tr])
-        model.train()
-        for _ in range(epochs):
-            for idx in np.array_split(rng.permutation(len(tr)), steps):
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-                opt.step()
-                sched.step()
-        model.eval()
-        with torch.no_grad():
-            top1 = float((model(torch.from_numpy(xn[te])).argmax(1).numpy() == y[te]).mean())
-        path = Path(folder) / f"{name}.onnx"
-        Path(folder).mkdir(parents=True, exist_ok=True)
         _export(model, path, 13)
     finally:
         torch.set_num_threads(threads)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.foreign.corpus import CHW, NUM_CLASSES, Foreign, _digits_images
+from tests.foreign.corpus import CHW, NUM_CLASSES, Foreign, _digits_images, fit_on_digits
 
 
 def _cbn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
@@ -146,31 +146,10 @@ def digits_split(seed: int = 0) -> dict:
 
 
 def train(model: nn.Module, data: dict, epochs: int = 12, seed: int = 0) -> float:
-    """A short one-cycle Adam run on one thread (see corpus.trained_normalised_digits); held-out top-1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        tr = data["train"]
-        batch = 32
-        steps = len(tr) // batch
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-2, total_steps=epochs * steps)
-        rng = np.random.default_rng(seed)
-        xt, yt = torch.from_numpy(data["x"][tr]), torch.from_numpy(data["y"][tr])
-        model.train()
-        for _ in range(epochs):
-            for idx in np.array_split(rng.permutation(len(tr)), steps):
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-                opt.step()
-                sched.step()
-        model.eval()
-        with torch.no_grad():
-            pred = model(torch.from_numpy(data["x"][data["test"]])).argmax(1).numpy()
-        return float((pred == data["y"][data["test"]]).mean())
-    finally:
-        torch.set_num_threads(threads)
+    """corpus.fit_on_digits on the training split; held-out top-1."""
+    torch.manual_seed(seed)
+    tr, te = data["train"], data["test"]
+    return fit_on_digits(model, data["x"][tr], data["y"][tr], data["x"][te], data["y"][te], epochs=epochs, seed=seed)
 
 
 def export(model: nn.Module, path: Path, dynamo: bool = False) -> str:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from rescompile.stages.optimize.graph import Graph, attr
 from rescompile.stages.optimize.residual import find_residual_blocks
@@ -65,14 +65,6 @@ def _name(node: onnx.NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def _constants(g: Graph) -> dict[str, np.ndarray]:
-    values = {t.name: numpy_helper.to_array(t) for t in g.g.initializer}
-    for n in g.g.node:
-        if n.op_type == "Constant" and attr(n, "value") is not None:
-            values[n.output[0]] = numpy_helper.to_array(attr(n, "value"))
-    return values
-
-
 def _weight_axis(layer: onnx.NodeProto) -> int:
     # Gemm computes A @ B, so without transB the output channels of B are on axis 1.
     return 1 if layer.op_type == "Gemm" and not attr(layer, "transB", 0) else 0
@@ -103,7 +95,7 @@ def lint_qdq(model: onnx.ModelProto, float_layers: Collection[str] = ()) -> Lint
     """Every violation of TensorRT's Q/DQ rules in ``model``; ``float_layers`` (Conv/Gemm node
     names) were left in floating point on purpose, so their missing Q/DQ is not reported."""
     g = Graph(model)
-    producers, consts = g.producers(), _constants(g)
+    producers, consts = g.producers(), g.constant_values()
     violations: list[LintViolation] = []
 
     def report(rule: str, node: str, message: str) -> None:

@@ -78,14 +78,6 @@ class Stripped:
     notes: list[str] = field(default_factory=list)
 
 
-def _constants(g: Graph) -> dict[str, np.ndarray]:
-    values = {t.name: numpy_helper.to_array(t) for t in g.g.initializer}
-    for n in g.g.node:
-        if n.op_type == "Constant" and attr(n, "value") is not None:
-            values[n.output[0]] = numpy_helper.to_array(attr(n, "value"))
-    return values
-
-
 def _params(node: onnx.NodeProto, consts: dict[str, np.ndarray], rank: int, path) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(float32 scale, zero point, axis or None) of a Q or DQ node; one-line refusals for what TensorRT has no use for."""
     name = f"{node.op_type} {(node.name or node.output[0])[:80]!r}"
@@ -189,7 +181,7 @@ def _restore_relus(g: Graph, clamps: dict[str, str], acts: dict[str, ActivationS
 def strip_qdq(model: onnx.ModelProto, path: Path | str = "model") -> Stripped:
     """The float graph of a Q/DQ model, its activation scales and its weight quantization."""
     g = copy_graph(model)
-    consts, producers, outputs = _constants(g), g.producers(), g.graph_outputs()
+    consts, producers, outputs = g.constant_values(), g.producers(), g.graph_outputs()
     acts: dict[str, ActivationScale] = {}
     weights: dict[str, WeightQuant] = {}
     clamps: dict[str, str] = {}  # tensor -> the name its clamped readers read until the ReLU exists

@@ -57,6 +57,14 @@ class Graph:
                         return numpy_helper.to_array(a.t)
         return None
 
+    def constant_values(self) -> dict[str, np.ndarray]:
+        """Every initializer's and Constant node's value, by tensor name, read once."""
+        values = {t.name: numpy_helper.to_array(t) for t in self.g.initializer}
+        for n in self.g.node:
+            if n.op_type == "Constant" and attr(n, "value") is not None:
+                values[n.output[0]] = numpy_helper.to_array(attr(n, "value"))
+        return values
+
     def is_const(self, name: str) -> bool:
         return self.const(name) is not None
 
