@@ -47,6 +47,12 @@ def default_bundle_dir() -> Path:
     return rescompile_home() / "builds" / f"{DEFAULT_ARCH}-{DEFAULT_DATASET}"
 
 
+def openvino_cache_dir() -> Path:
+    """OpenVINO's model cache (its CACHE_DIR): compiled blobs keyed by model, device and settings,
+    so a second load of the same file skips compilation."""
+    return rescompile_home() / "cache" / "openvino"
+
+
 def sample_calibration_dir() -> Path | None:
     """The repository's real digit calibration images (calibration/digits), when this is a checkout."""
     folder = Path(__file__).resolve().parent.parent / "calibration" / "digits"

@@ -28,7 +28,7 @@ from rescompile.runtime.compat import RuntimeMismatchError, check_engine
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "torch")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 ONNX_SUFFIXES = (".onnx",)
 # ONNX files to run on CPU when a bundle names no cpu_artifact (format 1), best first.
@@ -37,6 +37,7 @@ PIXELS_ROLE = "cpu_int8_pixels_onnx"
 
 _RUNNERS = {
     "OnnxRuntimeRunner": "rescompile.runtime.onnxruntime",
+    "OpenVINORunner": "rescompile.runtime.openvino",
     "TorchRunner": "rescompile.runtime.torch",
     "TensorRTRunner": "rescompile.runtime.tensorrt",
 }
@@ -68,13 +69,13 @@ def load(
     """A runner for ``path``: a bundle directory (or its manifest.json), a TensorRT engine
     (.engine/.plan), an ONNX file, a checkpoint/TorchScript file, or an architecture name.
 
-    ``backend`` forces "onnxruntime", "tensorrt" or "torch"; None picks TensorRT for a bundle
-    with an engine when TensorRT and an NVIDIA GPU are here, else ONNX Runtime on its CPU
-    artifact. ``providers``/``threads`` go to ONNX Runtime (threads also to PyTorch), ``device``
+    ``backend`` forces "onnxruntime", "openvino", "tensorrt" or "torch"; None picks TensorRT for a
+    bundle with an engine when TensorRT and an NVIDIA GPU are here, else ONNX Runtime on its CPU
+    artifact ("openvino" runs the same CPU files as ONNX Runtime, only when asked for). ``providers``/``threads`` go to ONNX Runtime (threads also to PyTorch), ``device``
     to PyTorch. ``verify_files`` checks the sha256 of the bundle file that will run.
     ``allow_host_code`` lets TensorRT run the lean runtime a version-compatible engine carries
     (code stored in the plan: only for engines you trust); None allows it when the bundle's
-    manifest says the engine was built version-compatible. ``pixels``: on ONNX Runtime, classify
+    manifest says the engine was built version-compatible. ``pixels``: on ONNX Runtime or OpenVINO, classify
     (and infer_pixels) run the bundle's pixel-input CPU artifact, which takes uint8 pixels with the
     normalisation folded in; None uses it when the bundle has one, False never, True requires it.
     """
@@ -89,8 +90,12 @@ def load(
         _require_backend(backend, "tensorrt", f"{p} is a TensorRT engine")
         return _load_engine_file(p, verify_files, allow_host_code)
     if suffix in ONNX_SUFFIXES:
-        _require_backend(backend, "onnxruntime", f"{p} is an ONNX model (build a bundle with `rescompile build` for TensorRT)")
+        if backend != "openvino":
+            _require_backend(backend, "onnxruntime", f"{p} is an ONNX model (build a bundle with `rescompile build` for TensorRT)")
         _require_file(p)
+        if backend == "openvino":
+            _chosen("openvino", p, "an ONNX file, asked for")
+            return _openvino_runner(p, None, providers, threads)
         _chosen("onnxruntime", p, "an ONNX file")
         return _onnxruntime_runner(p, None, providers, threads)
     _require_backend(backend, "torch", f"{text} is a PyTorch model (a checkpoint, TorchScript or an architecture name)")
@@ -123,6 +128,14 @@ def _onnxruntime_runner(p: Path, spec, providers, threads, pixels_path: Path | N
     from rescompile.runtime.onnxruntime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(p, spec=spec, providers=providers, threads=threads, pixels_path=pixels_path)
+
+
+def _openvino_runner(p: Path, spec, providers, threads, pixels_path: Path | None = None) -> Runner:
+    if providers:
+        log.warning("providers=%s are ONNX Runtime's: OpenVINO runs on its CPU plugin and ignores them", providers)
+    from rescompile.runtime.openvino import OpenVINORunner
+
+    return OpenVINORunner(p, spec=spec, threads=threads, pixels_path=pixels_path)
 
 
 def _checked(manifest: Manifest, relative: str, what: str, verify_files: bool) -> Path:
@@ -166,7 +179,10 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
         output = (manifest.output or {}).get("name")
         return TensorRTRunner(engine_path, spec=manifest.spec, engine_info=engine, bundle_dir=manifest.dir, output_name=output,
                               check=False, allow_host_code=allow_host_code)
-    if not has_module("onnxruntime"):  # say both halves: why not TensorRT, and what runs the CPU artifact
+    if backend == "openvino" and not has_module("openvino"):
+        raise MissingDependencyError(f"cannot run bundle {manifest.dir} on OpenVINO: openvino is not installed here",
+                                     "Install it with: pip install 'rescompile[openvino]', or leave backend unset for ONNX Runtime")
+    if backend != "openvino" and not has_module("onnxruntime"):  # say both halves: why not TensorRT, and what runs the CPU artifact
         raise MissingDependencyError(
             f"cannot run bundle {manifest.dir} here: {why}, and ONNX Runtime (for its CPU artifact) is not installed",
             "Install it with: pip install 'rescompile[ort]', or run the bundle where TensorRT and an NVIDIA GPU are",
@@ -181,7 +197,9 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
     elif pixels:
         raise BundleError(f"bundle {manifest.dir} has no pixel-input CPU artifact ({PIXELS_ROLE})",
                           "Rebuild it with this rescompile (its accuracy.json says why one was not written), or pass pixels=None")
-    _chosen("onnxruntime", onnx_path, f"{why}; running {what}")
+    _chosen(backend, onnx_path, f"{why}; running {what}")
+    if backend == "openvino":
+        return _openvino_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
     return _onnxruntime_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
 
 
