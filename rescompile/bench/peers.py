@@ -4,21 +4,34 @@
 (QDQ format, uint8 activations, int8 per-channel weights, 7-bit weights where the CPU lacks
 VNNI as ONNX Runtime advises), calibrated on the same images as the bundle: the images the
 bundle's scales.json names are loaded again and checked against its data sha256.
+
+`nncf`: the same optimized FP32 ONNX quantized by NNCF's ``nncf.quantize`` with its default
+settings (its ONNX backend, calibrated on the same images), saved as ONNX and run on OpenVINO,
+the runtime NNCF quantizes for.
+
+A peer whose package is not installed here steps aside with a note; it never fails the bench.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+from rescompile._lazy import has_module
+from rescompile.bench.backends import Backend, OpenVINOBackend, OrtBackend
 from rescompile.bundle import Manifest
-from rescompile.errors import RescompileError
+from rescompile.config import BenchConfig
+from rescompile.errors import ConfigError, MissingDependencyError, RescompileError
 
 log = logging.getLogger(__name__)
 
-PEERS = ("ort",)
+PEERS = ("ort", "nncf")
 ORT_PEER = "ort-int8-qstatic"
+NNCF_PEER = "ov-int8-nncf"
 
 
 def _scales_provenance(manifest: Manifest) -> dict:
@@ -94,3 +107,101 @@ def ort_quantize_static(src: Path, dst: Path, spec, images, *, reduce_range: boo
 class _DropAdvice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "pre-processing before quantization" not in record.getMessage()
+
+
+def peer_backends(manifest: Manifest, cfg: BenchConfig, chosen: list[Backend], notes: list[str],
+                  progress: Callable[[str, int, int], None]) -> list[Backend]:
+    """The peers ``cfg.peers`` asks for, quantized from the bundle's optimized ONNX on its own
+    calibration images, when the CPU artifact they are compared with is measured."""
+    unknown = [p for p in cfg.peers if p not in PEERS]
+    if unknown:
+        raise ConfigError(f"unknown peer {unknown[0]!r}", f"Use --peers {','.join(PEERS)} (or a part of it) or --peers none")
+    if not cfg.peers or not any(b.key == "ort-int8" for b in chosen) or not manifest.has("optimized_onnx"):
+        return []
+    keys = {"ort": ORT_PEER, "nncf": NNCF_PEER}
+    wanted = [p for p in PEERS if p in cfg.peers and (not cfg.backends or keys[p] in cfg.backends)]  # --backends is what runs
+    if not wanted:
+        return []
+    images, note = calibration_set(manifest)
+    if images is None:
+        notes.extend(f"{_TITLES[p]} is not compared: {note}" for p in wanted)
+        return []
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else manifest.dir / "bench"
+    made = []
+    for peer in wanted:
+        progress(f"{peer} peer", 0, 1)
+        backend = _MAKERS[peer](manifest, cfg, images, note, out_dir, notes)
+        progress(f"{peer} peer", 1, 1)
+        if backend is not None:
+            backend.comparison = True
+            made.append(backend)
+    return made
+
+
+def _ort_peer(manifest: Manifest, cfg: BenchConfig, images, note: str, out_dir: Path, notes: list[str]) -> Backend | None:
+    from rescompile.stages.calibrate.qdq import has_vnni
+
+    vnni = has_vnni()
+    try:
+        path = ort_quantize_static(manifest.file("optimized_onnx"), out_dir / "peer_ort_quantize_static.onnx", manifest.spec, images,
+                                   reduce_range=not vnni)
+    except MissingDependencyError as exc:  # onnxruntime.quantization pulls in more than the runtime does
+        notes.append(f"ONNX Runtime quantize_static is not compared: its quantizer cannot be imported here ({exc.message})")
+        return None
+    peer = OrtBackend(ORT_PEER, "ONNX Runtime INT8 (quantize_static)", path, "int8", threads=cfg.threads,
+                      providers=["CPUExecutionProvider"])
+    peer.about = f"ONNX Runtime quantize_static (QDQ, U8S8, per channel, {'8' if vnni else '7'}-bit weights), {note}"
+    return peer
+
+
+def _nncf_peer(manifest: Manifest, cfg: BenchConfig, images, note: str, out_dir: Path, notes: list[str]) -> Backend | None:
+    missing = [m for m in ("nncf", "openvino") if not has_module(m)]
+    if missing:
+        notes.append(f"NNCF + OpenVINO is not compared: {' and '.join(missing)} not installed here (pip install 'rescompile[openvino]')")
+        return None
+    import nncf
+
+    path = nncf_quantize(manifest.file("optimized_onnx"), out_dir / "peer_nncf.onnx", manifest.spec, images)
+    peer = OpenVINOBackend(NNCF_PEER, "OpenVINO INT8 (NNCF quantize)", path, "int8", threads=cfg.threads)
+    peer.about = f"NNCF {nncf.__version__} quantize (default settings, ONNX backend) run on OpenVINO {_openvino_version()}, {note}"
+    return peer
+
+
+def nncf_quantize(src: Path, dst: Path, spec, images) -> Path:
+    """NNCF's post-training quantization of ``src`` from ``images``, with NNCF's defaults, saved as ONNX."""
+    import onnx
+
+    from rescompile._io import atomic_path
+    from rescompile._lazy import import_optional
+    from rescompile.data.images import iter_batches
+
+    nncf = import_optional("nncf")
+    model = onnx.load(str(src))
+    input_name = model.graph.input[0].name
+    # One image per item: NNCF's statistics (and subset_size) count dataset items, and it warns that
+    # batched items can skew them. Every calibration image is used, as for the bundle and the ort peer.
+    items = [x[i:i + 1] for x, _ in iter_batches(images, spec.preprocessing, 32) for i in range(len(x))]
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)  # NNCF logs its progress at INFO on its own handler (stdout)
+    # NNCF draws rich progress bars on stdout, which would corrupt `rescompile bench --json`: keep them.
+    bars = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(bars):
+            quantized = nncf.quantize(model, nncf.Dataset(items, lambda x: {input_name: x}), subset_size=len(items))
+    finally:
+        nncf_log.setLevel(level)
+    log.debug("nncf.quantize: %s", bars.getvalue().strip())
+    with atomic_path(dst) as tmp:
+        onnx.save(quantized, str(tmp))
+    return dst
+
+
+def _openvino_version() -> str:
+    import openvino
+
+    return openvino.get_version().split("-")[0]
+
+
+_TITLES = {"ort": "ONNX Runtime quantize_static", "nncf": "NNCF + OpenVINO"}
+_MAKERS = {"ort": _ort_peer, "nncf": _nncf_peer}

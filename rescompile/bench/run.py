@@ -204,39 +204,6 @@ def _tensorrt_backends(manifest: Manifest, want: Callable[[str], bool], fp32_ref
     return out
 
 
-def _peer_backends(manifest: Manifest, cfg: BenchConfig, chosen: list[Backend], notes: list[str], progress: Progress) -> list[Backend]:
-    """ONNX Runtime's quantize_static of the same model, when the CPU artifact is measured."""
-    from rescompile.bench.peers import ORT_PEER, PEERS, calibration_set, ort_quantize_static
-    from rescompile.stages.calibrate.qdq import has_vnni
-
-    unknown = [p for p in cfg.peers if p not in PEERS]
-    if unknown:
-        raise ConfigError(f"unknown peer {unknown[0]!r}", f"Use --peers {','.join(PEERS)} or --peers none")
-    if "ort" not in cfg.peers or not any(b.key == "ort-int8" for b in chosen) or not manifest.has("optimized_onnx"):
-        return []
-    if cfg.backends and ORT_PEER not in cfg.backends:  # an explicit --backends list is what gets measured
-        return []
-    images, note = calibration_set(manifest)
-    if images is None:
-        notes.append(f"ONNX Runtime quantize_static is not compared: {note}")
-        return []
-    progress("quantize_static peer", 0, 1)
-    out = Path(cfg.output_dir) if cfg.output_dir else manifest.dir / "bench"
-    vnni = has_vnni()
-    try:
-        path = ort_quantize_static(manifest.file("optimized_onnx"), out / "peer_ort_quantize_static.onnx", manifest.spec, images,
-                                   reduce_range=not vnni)
-    except MissingDependencyError as exc:  # onnxruntime.quantization pulls in more than the runtime does
-        notes.append(f"ONNX Runtime quantize_static is not compared: its quantizer cannot be imported here ({exc.message})")
-        return []
-    progress("quantize_static peer", 1, 1)
-    peer = OrtBackend(ORT_PEER, "ONNX Runtime INT8 (quantize_static)", path, "int8", threads=cfg.threads,
-                      providers=["CPUExecutionProvider"])
-    peer.comparison = True
-    peer.about = f"ONNX Runtime quantize_static (QDQ, U8S8, per channel, {'8' if vnni else '7'}-bit weights), {note}"
-    return [peer]
-
-
 def _scratch_engine(manifest: Manifest, precision: str) -> Backend:
     """Build an FP16 or FP32 engine of the same model in a scratch folder (build time reported apart)."""
     from rescompile.config import EngineConfig, Precision
@@ -326,7 +293,9 @@ def run_bench(cfg: BenchConfig = BenchConfig(), on_progress: Progress | None = N
     device = _torch_device(cfg.device)
     chosen = lineup(manifest, cfg, device)
     backends, notes = chosen.backends, chosen.notes
-    backends.extend(_peer_backends(manifest, cfg, backends, notes, progress))
+    from rescompile.bench.peers import peer_backends
+
+    backends.extend(peer_backends(manifest, cfg, backends, notes, progress))
     if not backends:
         raise ConfigError(f"no backend left to run (asked for {', '.join(cfg.backends or ())})", "Check --backends")
     images = _eval_images(manifest, cfg.eval_data, cfg.max_eval_images, notes)

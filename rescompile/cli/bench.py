@@ -93,7 +93,8 @@ def bench(
     rounds: Annotated[int, typer.Option(min=1, help="Backends take turns this many times, in alternating order (samples pooled).")] = B.rounds,
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Report folder [default: <bundle>/bench].")] = None,
     peers: Annotated[str, typer.Option(
-        help="Other tools' INT8 of the same model, measured beside the CPU artifact: ort (ONNX Runtime quantize_static), or none.",
+        help="Other tools' INT8 of the same model, measured beside the CPU artifact: ort (ONNX Runtime quantize_static), "
+        "nncf (NNCF quantize, run on OpenVINO; pip install 'rescompile[openvino]'), both as ort,nncf, or none.",
     )] = ",".join(B.peers),
     from_pixels: Annotated[bool, typer.Option(
         "--from-pixels", help="Time every backend from uint8 pixels (float-input ones normalise them inside the timed call) and add "
