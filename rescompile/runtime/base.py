@@ -22,6 +22,14 @@ class RunnerError(RescompileError):
     """A runner used wrongly: a batch of the wrong shape or type, a closed runner, no spec."""
 
 
+def pixels_only(source) -> RunnerError:
+    """The error for a float batch given to a file that takes uint8 pixels (a pixel-input artifact)."""
+    return RunnerError(
+        f"{source} takes uint8 pixels, not a float batch",
+        "Use infer_pixels() on uint8 (N, H, W, 3) pixels or classify(); load the bundle for float input",
+    )
+
+
 @dataclass(frozen=True)
 class Prediction:
     index: int

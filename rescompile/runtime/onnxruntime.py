@@ -12,7 +12,7 @@ from rescompile._io import loads_json
 from rescompile._lazy import import_optional
 from rescompile.errors import ConfigError, ModelError, RescompileError
 from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
-from rescompile.runtime.base import Runner, RunnerError
+from rescompile.runtime.base import Runner, RunnerError, pixels_only
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,7 @@ class OnnxRuntimeRunner(Runner):
     def _float_session(self):
         if self._session is None:
             if self._float_path is None:
-                raise RunnerError(
-                    f"{self.source} takes uint8 pixels, not a float batch",
-                    "Use infer_pixels() on uint8 (N, H, W, 3) pixels or classify(); load the bundle for float input",
-                )
+                raise pixels_only(self.source)
             self._session = self._open(self._float_path)
             self.input_name = self._session.get_inputs()[0].name
         return self._session

@@ -18,7 +18,7 @@ from rescompile._lazy import import_optional
 from rescompile.config import openvino_cache_dir
 from rescompile.errors import ConfigError, ModelError, RescompileError
 from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
-from rescompile.runtime.base import Runner, RunnerError
+from rescompile.runtime.base import Runner, RunnerError, pixels_only
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,7 @@ class OpenVINORunner(Runner):
     def _float_model(self):
         if self._model is None:
             if self._float_path is None:
-                raise RunnerError(
-                    f"{self.source} takes uint8 pixels, not a float batch",
-                    "Use infer_pixels() on uint8 (N, H, W, 3) pixels or classify(); load the bundle for float input",
-                )
+                raise pixels_only(self.source)
             self._model = self._compile(self._float_path)
         return self._model
 
