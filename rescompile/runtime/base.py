@@ -6,6 +6,7 @@ runner never imports PyTorch.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,26 @@ from typing import Any
 import numpy as np
 
 from rescompile.data.preprocess import as_rgb_uint8, pil_rgb_uint8
-from rescompile.errors import RescompileError
-from rescompile.models.spec import ModelSpec
+from rescompile._io import loads_json
+from rescompile.errors import ModelError, RescompileError
+from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 class RunnerError(RescompileError):
     """A runner used wrongly: a batch of the wrong shape or type, a closed runner, no spec."""
+
+
+def spec_from_text(text: str | None, path) -> ModelSpec | None:
+    """The ModelSpec `rescompile export` stores in an ONNX file's metadata (``text``), or None."""
+    if not text:
+        log.info("%s carries no rescompile spec: infer() works, classify() needs a spec", path)
+        return None
+    try:
+        return ModelSpec.from_dict(loads_json(text))
+    except (ValueError, RecursionError, RescompileError) as exc:
+        raise ModelError(f"{path} has a corrupt {ONNX_METADATA_KEY} metadata entry ({exc})", "Re-export it") from exc
 
 
 def pixels_only(source) -> RunnerError:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rescompile._io import loads_json
 from rescompile._lazy import import_optional
-from rescompile.errors import ConfigError, ModelError, RescompileError
+from rescompile.errors import ConfigError, ModelError
 from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
-from rescompile.runtime.base import Runner, RunnerError, pixels_only
+from rescompile.runtime.base import Runner, RunnerError, pixels_only, spec_from_text
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +165,4 @@ def spec_from_metadata(session, path: Path) -> ModelSpec | None:
     """The ModelSpec that `rescompile export` stores in the model metadata, or None."""
     meta = session.get_modelmeta().custom_metadata_map
     text = meta.get(ONNX_METADATA_KEY)
-    if not text:
-        log.info("%s carries no rescompile spec: infer() works, classify() needs a spec", path)
-        return None
-    try:
-        return ModelSpec.from_dict(loads_json(text))
-    except (ValueError, RecursionError, RescompileError) as exc:
-        raise ModelError(f"{path} has a corrupt {ONNX_METADATA_KEY} metadata entry ({exc})", "Re-export it") from exc
+    return spec_from_text(text, path)

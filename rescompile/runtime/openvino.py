@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rescompile._io import loads_json
 from rescompile._lazy import import_optional
 from rescompile.config import openvino_cache_dir
-from rescompile.errors import ConfigError, ModelError, RescompileError
+from rescompile.errors import ConfigError, ModelError
 from rescompile.models.spec import ONNX_METADATA_KEY, ModelSpec
-from rescompile.runtime.base import Runner, RunnerError, pixels_only
+from rescompile.runtime.base import Runner, RunnerError, pixels_only, spec_from_text
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +176,4 @@ def spec_from_onnx_file(path: Path) -> ModelSpec | None:
     except Exception as exc:  # noqa: BLE001  protobuf's DecodeError and friends
         raise ModelError(f"{path} is not a readable ONNX file ({exc.__class__.__name__})", "Re-export it") from exc
     text = next((p.value for p in model.metadata_props if p.key == ONNX_METADATA_KEY), None)
-    if not text:
-        log.info("%s carries no rescompile spec: infer() works, classify() needs a spec", path)
-        return None
-    try:
-        return ModelSpec.from_dict(loads_json(text))
-    except (ValueError, RecursionError, RescompileError) as exc:
-        raise ModelError(f"{path} has a corrupt {ONNX_METADATA_KEY} metadata entry ({exc})", "Re-export it") from exc
+    return spec_from_text(text, path)
