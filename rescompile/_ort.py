@@ -46,11 +46,12 @@ def _type_mismatch(session: Any, feed: dict[str, Any]) -> str | None:
 
 
 def run(session: Any, outputs: list[str] | None, feed: dict[str, Any], what: str = "the model") -> list[Any]:
-    mismatch = _type_mismatch(session, feed)
-    if mismatch is not None:  # the file is fine: it was fed another type than it declares
-        raise ModelError(f"ONNX Runtime cannot run {what}: its {mismatch}", "Feed it the type its input declares (numpy .astype)")
     try:
         return session.run(outputs, feed)
     except Exception as exc:  # noqa: BLE001
+        mismatch = _type_mismatch(session, feed)  # asked only after a failure: the run itself pays nothing
+        if mismatch is not None:  # the file is fine: it was fed another type than it declares
+            raise ModelError(f"ONNX Runtime cannot run {what}: its {mismatch}",
+                             "Feed it the type its input declares (numpy .astype)") from exc
         raise ModelError(f"ONNX Runtime cannot run {what}: {_first_line(exc)}",
                          "The file is damaged, or its weights do not fit its graph: re-export it") from exc
