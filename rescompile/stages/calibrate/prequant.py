@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from rescompile import __version__
-from rescompile._io import atomic_path, write_json_atomic
+from rescompile._io import write_json_atomic
 from rescompile.config import CalibConfig, DataConfig
 from rescompile.errors import ConfigError, ModelError
 from rescompile.models.intake import refuse_qoperator
@@ -40,7 +40,7 @@ from rescompile.stages.calibrate.inputs import Int8Inputs, evaluation_images
 from rescompile.stages.calibrate.lint import LintReport, lint_qdq
 from rescompile.stages.calibrate.qdq import VALUE_PRESERVING, has_vnni, qdq_for_cpu, qdq_for_tensorrt
 from rescompile.stages.calibrate.strip import ActivationScale, Stripped, WeightQuant, dequantize, strip_qdq
-from rescompile.stages.calibrate.stage import ACCURACY, CACHE, CPU_ONNX, QDQ_ONNX, SCALES, CalibrationResult
+from rescompile.stages.calibrate.stage import ACCURACY, CACHE, CPU_ONNX, QDQ_ONNX, SCALES, CalibrationResult, save_model
 from rescompile.stages.optimize.graph import Graph
 from rescompile.stages.optimize.residual import find_residual_blocks
 
@@ -172,8 +172,7 @@ def write_fp32(pq: Prequantized, fp32_path: Path, optimized_path: Path, stage: A
     """The bundle's FP32 copies: the Q/DQ-stripped graph, then the optimize stage on it."""
     from rescompile.stages.optimize import optimize_onnx
 
-    with atomic_path(fp32_path) as tmp:
-        onnx.save(pq.stripped.model, str(tmp))
+    save_model(pq.stripped.model, fp32_path)
     stage("optimize")
     return optimize_onnx(fp32_path, optimized_path)
 
@@ -297,12 +296,6 @@ def _accuracy(pq, fp32, qdq, cpu, spec, eval_test, progress) -> dict[str, Any]:
                     "off); CPU artifact as deployed (ONNX Runtime, optimizations on)"}
 
 
-def _save(model: onnx.ModelProto, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-    return path
-
-
 def calibrate_prequantized(
     pq: Prequantized, fp32_path: Path, spec: ModelSpec, out_dir: Path, config: CalibConfig = CalibConfig(),
     eval_test: Any = None, on_progress: Any = None,
@@ -365,7 +358,7 @@ def calibrate_prequantized(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     result = CalibrationResult(
-        _save(qdq, out_dir / QDQ_ONNX), _save(cpu, out_dir / CPU_ONNX), cache_path, write_json_atomic(out_dir / SCALES, scales_doc),
+        save_model(qdq, out_dir / QDQ_ONNX), save_model(cpu, out_dir / CPU_ONNX), cache_path, write_json_atomic(out_dir / SCALES, scales_doc),
         out_dir / ACCURACY, METHOD, None, 0, amax, accuracy, float_layers=float_layers, lint=lint.to_dict(),
         cache_version=config.trt_version, provenance=provenance, safety={"checked": False}, prequantized=info,
     )

@@ -165,7 +165,8 @@ def _keep_float_until(fp32, amax, ranking, evaluate: Evaluator, max_drop: float)
     return floats, score
 
 
-def _save(model: onnx.ModelProto, path: Path) -> Path:
+def save_model(model: onnx.ModelProto, path: Path) -> Path:
+    """``model`` written to ``path`` through a temporary file (never half-written)."""
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
     return path
@@ -328,11 +329,11 @@ def calibrate(
         },
     }
     result = CalibrationResult(
-        _save(qdq, out_dir / QDQ_ONNX), _save(cpu, out_dir / CPU_ONNX), cache_path,
+        save_model(qdq, out_dir / QDQ_ONNX), save_model(cpu, out_dir / CPU_ONNX), cache_path,
         write_json_atomic(out_dir / SCALES, scales_doc), out_dir / ACCURACY,
         method, pct, int(provenance.get("images", 0)), amax, accuracy, candidates, ranking, float_layers, lint.to_dict(),
         config.trt_version, provenance, safety, report,
-        pixels_path=_save(pixels.model, out_dir / CPU_PIXELS_ONNX) if pixels.model is not None else None,
+        pixels_path=save_model(pixels.model, out_dir / CPU_PIXELS_ONNX) if pixels.model is not None else None,
     )
     write_json_atomic(result.accuracy_path, {"method": method, "percentile": pct, "accuracy": accuracy, "auto_candidates": candidates,
                                              "sensitivity": ranking, "float_layers": float_layers, "lint": result.lint,
