@@ -129,9 +129,6 @@ def default_output_dir(model: LoadedModel) -> Path:
 def resolve_source(config: BuildConfig, train_callback: Any = None) -> LoadedModel:
     if config.source is None:
         return default_model(train_callback, retrain=config.retrain)
-    from rescompile.stages.calibrate.prequant import quantized_source
-
-    quantized_source(config.source)  # a QOperator-format model is refused here, in its own words
     from rescompile.data.arrays import array_image_size  # calibration arrays fix a dynamic ONNX input size
 
     return load_model(
