@@ -282,14 +282,19 @@ def test_a_dtype_mismatch_is_not_reported_as_damage(family):
     assert "tensor(float16)" in str(info.value) and "damaged" not in str(info.value).lower()
 
 
-def test_float16_model_inspects_optimizes_and_matches_its_source(family, tmp_path):
-    res = invoke("inspect", family["fp16"], "--json")
+def inspected_and_optimized(source: Path, out: Path, note: str) -> Path:
+    """`inspect` finds every block of ``source``, and `optimize` writes ``out`` saying ``note``."""
+    res = invoke("inspect", source, "--json")
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["totals"]["residual_blocks"] == BLOCKS
-    out = tmp_path / "opt.onnx"
-    res = invoke("optimize", family["fp16"], "-o", out)
+    res = invoke("optimize", source, "-o", out)
     assert res.exit_code == 0, res.stderr
-    assert "in float16 converted to float32" in stderr_text(res)
+    assert note in stderr_text(res)
+    return out
+
+
+def test_float16_model_inspects_optimizes_and_matches_its_source(family, tmp_path):
+    out = inspected_and_optimized(family["fp16"], tmp_path / "opt.onnx", "in float16 converted to float32")
     optimized = onnx.load(str(out))
     assert optimized.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert all(t.data_type != TensorProto.FLOAT16 for t in optimized.graph.initializer)
@@ -330,13 +335,7 @@ def test_bfloat16_model_is_run_as_its_float32_conversion(family, tmp_path):
     with pytest.raises(ModelError) as info:  # why intake converts it: ONNX Runtime has no bfloat16 Conv
         cpu_session(str(family["bf16"]))
     assert "damaged" not in str(info.value).lower()
-    res = invoke("inspect", family["bf16"], "--json")
-    assert res.exit_code == 0, res.stderr
-    assert json.loads(res.stdout)["totals"]["residual_blocks"] == BLOCKS
-    opt = tmp_path / "opt.onnx"
-    res = invoke("optimize", family["bf16"], "-o", opt)
-    assert res.exit_code == 0, res.stderr
-    assert "bfloat16 converted to float32" in stderr_text(res)
+    opt = inspected_and_optimized(family["bf16"], tmp_path / "opt.onnx", "bfloat16 converted to float32")
     x = np.random.default_rng(6).standard_normal((4, 3, SIZE, SIZE)).astype(ml_dtypes.bfloat16).astype(np.float32)
     assert relative_error(run_onnx(opt, x), run_onnx(family["bf16_reference"], x)) <= 1e-4
     out = tmp_path / "b"

@@ -9,24 +9,15 @@ import numpy as np
 import pytest
 
 from rescompile import runtime
-from rescompile.config import BuildConfig, CalibConfig
 from rescompile.data.datasets import load_dataset
 from rescompile.errors import MissingDependencyError
+from tests.bench.test_bench import bundle  # noqa: F401  the bench tests' bundle fixture (a trained ResNet-20, INT8)
 from tests.tolerance import Tolerance
 
 # Both runtimes run the same uint8 Q/DQ CPU artifact, but each with its own int8 kernels (their
 # own requantization rounding and accumulation order): a borderline image of a briefly trained
 # model may flip; a runner that fed the wrong file, layout or normalisation differs on dozens.
 SAME_FILE = Tolerance(2, 360, "two runtimes' int8 kernels on the same Q/DQ file; a wrong feed differs on dozens")
-
-
-@pytest.fixture(scope="module")
-def bundle(trained, tmp_path_factory):
-    from rescompile.pipeline import build
-
-    out = tmp_path_factory.mktemp("ov") / "b"
-    build(BuildConfig(source=str(trained.checkpoint), output_dir=out, calib=CalibConfig(num_images=64), bench=False))
-    return out
 
 
 @pytest.fixture
