@@ -28,7 +28,7 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 _HASH_CHUNK = 1 << 20
 
 FILE_ROLES = (
-    "fp32_onnx", "optimized_onnx", "fusion_report", "qdq_onnx", "cpu_int8_onnx", "cpu_int8_pixels_onnx", "calibration_cache", "scales",
+    "fp32_onnx", "optimized_onnx", "fusion_report", "qdq_onnx", "cpu_int8_onnx", "cpu_int8_pixels_onnx", "openvino_int8_onnx", "calibration_cache", "scales",
     "accuracy", "labels", "engine", "timing_cache", "engine_layers",
 )
 

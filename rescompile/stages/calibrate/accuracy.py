@@ -10,12 +10,13 @@ intermediates and would report a drop that TensorRT does not have.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import onnx
 
-from rescompile._lazy import import_optional
+from rescompile._lazy import has_module, import_optional
 from rescompile._ort import cpu_session
 from rescompile.data.images import ImageSet, iter_batches
 from rescompile.data.preprocess import Preprocessing
@@ -97,6 +98,25 @@ class Evaluator:
             outs = [sess.run(None, {name: x})[0] for x, _ in iter_batches(self.images, self.prep, self.batch_size, pixels=True)]
         except DataError:
             return None
+        return compare(np.concatenate(outs), self.fp32_logits, self.labels)
+
+
+    def openvino(self, model: onnx.ModelProto) -> Agreement | None:
+        """``model`` as OpenVINO's CPU plugin runs it, on the same images; None when OpenVINO is not installed."""
+        if not has_module("openvino"):
+            return None
+        import tempfile
+
+        import openvino as ov
+
+        core = ov.Core()
+        with tempfile.TemporaryDirectory(prefix="rescompile-ov-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(model, str(path))
+            compiled = core.compile_model(core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        batches = self._kept if self._kept is not None else (x for x, _ in iter_batches(self.images, self.prep, self.batch_size))
+        outs = [np.array(request.infer({0: x})[0], copy=True) for x in batches]
         return compare(np.concatenate(outs), self.fp32_logits, self.labels)
 
 

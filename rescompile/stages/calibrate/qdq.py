@@ -12,7 +12,13 @@ tensors, 128 otherwise; a MaxPool, Flatten or Reshape output shares its input's 
 the integer path stays unbroken), int8 per-channel weights (7-bit when the CPU lacks VNNI, where
 ONNX Runtime's u8s8 kernels saturate 16-bit intermediates), int32 biases, and ReLUs folded
 into the uint8 zero-point clamp, so ONNX Runtime turns each pattern into QLinearConv/
-QLinearAdd kernels. Both models come from the same amax values.
+QLinearAdd kernels.
+
+OpenVINO (CPU plugin): the CPU form with two changes that measured faster there, side by side
+(benchmarks/openvino_forms.py): signed tensors as int8 with zero point 0 (OpenVINO's low-precision
+transformations turn a zero point into an extra subtraction) and biases left in float (OpenVINO
+fuses them into the int8 convolution itself); weights always 8-bit. This is NNCF's "performance"
+form. All three models come from the same amax values.
 """
 
 from __future__ import annotations
@@ -147,8 +153,12 @@ def qdq_for_cpu(
     *,
     reduce_range: bool,
     float_layers: Collection[str] = (),
+    symmetric: bool = False,
+    int_bias: bool = True,
 ) -> onnx.ModelProto:
-    """The uint8-activation Q/DQ model ONNX Runtime runs fast on x86 (see module docstring)."""
+    """The uint8-activation Q/DQ model ONNX Runtime runs fast on x86 (see module docstring).
+    ``symmetric``: signed tensors as int8 with zero point 0 instead of uint8 around 128;
+    ``int_bias``: Conv/Gemm biases as int32 DequantizeLinear (else left float)."""
     g = copy_graph(model)
     amax = dict(amax)
     nonneg = _fold_relus(g, amax) | {t for t, m in tensor_min.items() if m >= 0}
@@ -160,7 +170,7 @@ def qdq_for_cpu(
             (nonneg.add if src in nonneg else nonneg.discard)(dst)
 
     def params(t: str) -> tuple[float, int]:
-        return (amax[t] / 255.0, 0) if t in nonneg else (amax[t] / 127.0, 128)
+        return (amax[t] / 255.0, 0) if t in nonneg else (amax[t] / 127.0, 0 if symmetric else 128)
 
     weight_scales = {}
     for node in g.nodes:
@@ -175,16 +185,25 @@ def qdq_for_cpu(
             continue
         scale, zp = params(t)
         s = _scalar(g, f"{t}_scale", np.float32(scale), np.float32)
-        z = _scalar(g, f"{t}_zp", zp, np.uint8)
+        z = _scalar(g, f"{t}_zp", zp, np.int8 if symmetric and t not in nonneg else np.uint8)
         q, dq = g.fresh(f"{t}_q"), g.fresh(f"{t}_dq")
         g.g.node.extend([helper.make_node("QuantizeLinear", [t, s, z], [q], name=q), helper.make_node("DequantizeLinear", [q, s, z], [dq], name=dq)])
         for n in readers:
             for i, name in enumerate(n.input):
                 if name == t:
                     n.input[i] = dq
-    _quantize_biases(g, weight_scales, {t: params(t)[0] for t in amax if t not in outputs})
+    if int_bias:
+        _quantize_biases(g, weight_scales, {t: params(t)[0] for t in amax if t not in outputs})
+    g.cleanup()  # the float weights (and biases) now unused
     _toposort(g)
     return g.model
+
+
+def qdq_for_openvino(
+    model: onnx.ModelProto, amax: dict[str, float], tensor_min: dict[str, float], float_layers: Collection[str] = ()
+) -> onnx.ModelProto:
+    """The Q/DQ model OpenVINO's CPU plugin runs fastest (see module docstring)."""
+    return qdq_for_cpu(model, amax, tensor_min, reduce_range=False, float_layers=float_layers, symmetric=True, int_bias=False)
 
 
 def _quantize_biases(g: Graph, weight_scales: dict[str, np.ndarray], act_scale: dict[str, float]) -> None:

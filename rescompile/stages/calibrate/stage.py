@@ -27,13 +27,14 @@ from rescompile.stages.calibrate.safety import Verdict, safety_net, tensor_repor
 from rescompile.stages.calibrate.collect import TensorStats, activation_tensors, collect_statistics
 from rescompile.stages.calibrate.lint import lint_qdq
 from rescompile.stages.calibrate.pixels import pixel_input_model
-from rescompile.stages.calibrate.qdq import has_vnni, qdq_for_cpu, qdq_for_tensorrt, quantizable_layers, required_tensors
+from rescompile.stages.calibrate.qdq import has_vnni, qdq_for_cpu, qdq_for_openvino, qdq_for_tensorrt, quantizable_layers, required_tensors
 
 log = logging.getLogger(__name__)
 
 QDQ_ONNX = "model_int8_qdq.onnx"
 CPU_ONNX = "model_int8_cpu.onnx"
 CPU_PIXELS_ONNX = "model_int8_cpu_pixels.onnx"
+OPENVINO_ONNX = "model_int8_openvino.onnx"
 # The pixel-input artifact is kept when it agrees with FP32 as well as the float-input one does,
 # give or take this much (its only difference is the padding border of the first conv), and never
 # less than one of the images judged: a single borderline image may move with the CPU's kernels.
@@ -66,6 +67,7 @@ class CalibrationResult:
     safety: dict[str, Any] = field(default_factory=dict)  # what the safety net judged and changed
     tensors: list[dict[str, Any]] = field(default_factory=list)  # per-tensor evidence (safety.tensor_report)
     pixels_path: Path | None = None  # the CPU artifact that takes uint8 pixels (None: not made, see accuracy)
+    openvino_path: Path | None = None  # the same scales in the Q/DQ form OpenVINO runs fastest (None: not made, see accuracy)
     # An already-quantized source (prequant.py): its tool, placement findings and warnings; empty when calibrated here.
     prequantized: dict[str, Any] = field(default_factory=dict)
 
@@ -286,15 +288,18 @@ def calibrate(
     lint = lint_qdq(qdq, float_layers=float_layers)
 
     pixels = pixel_input_model(cpu, fp32, spec.preprocessing, reduce_range=reduce_range)
+    openvino: onnx.ModelProto | None = qdq_for_openvino(fp32, amax, tmin, float_layers)
     accuracy: dict[str, Any] = {"evaluated": evaluate is not None}
     if evaluate is not None:
-        progress("accuracy check", 0, 3)
+        progress("accuracy check", 0, 4)
         trt_ref = evaluate(qdq, reference=True)
-        progress("accuracy check", 1, 3)
+        progress("accuracy check", 1, 4)
         cpu_score = evaluate(cpu, reference=False)
-        progress("accuracy check", 2, 3)
+        progress("accuracy check", 2, 4)
         pix_score = evaluate.pixels(pixels.model) if pixels.model is not None else None
-        progress("accuracy check", 3, 3)
+        progress("accuracy check", 3, 4)
+        openvino, accuracy["int8_openvino"] = _check_openvino(openvino, evaluate, cpu_score)
+        progress("accuracy check", 4, 4)
         accuracy.update({
             "images": evaluate.fp32.images,
             "fp32": evaluate.fp32.to_dict(),
@@ -334,8 +339,27 @@ def calibrate(
         method, pct, int(provenance.get("images", 0)), amax, accuracy, candidates, ranking, float_layers, lint.to_dict(),
         config.trt_version, provenance, safety, report,
         pixels_path=save_model(pixels.model, out_dir / CPU_PIXELS_ONNX) if pixels.model is not None else None,
+        openvino_path=save_model(openvino, out_dir / OPENVINO_ONNX) if openvino is not None else None,
     )
     write_json_atomic(result.accuracy_path, {"method": method, "percentile": pct, "accuracy": accuracy, "auto_candidates": candidates,
                                              "sensitivity": ranking, "float_layers": float_layers, "lint": result.lint,
                                              "safety_net": safety, "tensors": report})
     return result
+
+
+def _check_openvino(model: onnx.ModelProto, evaluate: Evaluator, cpu_score: Agreement) -> tuple[onnx.ModelProto | None, dict[str, Any]]:
+    """The OpenVINO form judged as deployed (on OpenVINO; on ONNX Runtime when OpenVINO is not
+    installed, which runs the same Q/DQ arithmetic), and kept only when it agrees with FP32 as well
+    as the CPU artifact does, within one image."""
+    score, runtime = evaluate.openvino(model), "openvino"
+    if score is None:
+        score, runtime = evaluate(model, reference=False), "onnxruntime (OpenVINO not installed at build)"
+    row: dict[str, Any] = {**score.to_dict(), "drop_points": drop_points(evaluate.fp32, score), "runtime": runtime, "written": True}
+    slack = 1.0 / max(score.images, 1)
+    if score.top1_agreement < cpu_score.top1_agreement - slack - 1e-9:
+        row.update(written=False, reason=f"it agrees with FP32 on {score.top1_agreement:.2%} of the images, "
+                   f"the CPU artifact on {cpu_score.top1_agreement:.2%}")
+        log.warning("no OpenVINO INT8 model: %s", row["reason"])
+        return None, row
+    return model, row
+

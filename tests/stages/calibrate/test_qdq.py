@@ -11,7 +11,7 @@ from rescompile.stages.calibrate.accuracy import Evaluator, session
 from rescompile.stages.calibrate.calibrators import compute_amax
 from rescompile.stages.calibrate.collect import activation_tensors
 from rescompile.stages.calibrate.lint import lint_qdq
-from rescompile.stages.calibrate.qdq import has_vnni, qdq_for_cpu, qdq_for_tensorrt, quantizable_layers, quantize_weights
+from rescompile.stages.calibrate.qdq import has_vnni, qdq_for_cpu, qdq_for_openvino, qdq_for_tensorrt, quantizable_layers, quantize_weights
 from rescompile.stages.optimize.graph import Graph
 from rescompile.stages.optimize.residual import find_residual_blocks
 from tests.tolerance import Tolerance
@@ -210,3 +210,45 @@ def test_cpu_artifact_of_a_cifar_resnet_has_no_layout_flips(r20, r20_stats, tmp_
     cpu = qdq_for_cpu(r20.onnx, compute_amax(r20_stats, "entropy"), {k: s.min for k, s in r20_stats.items()}, reduce_range=False)
     names = [n.op_type for n in ort_optimized(cpu, tmp_path).graph.node]
     assert names.count("Transpose") <= 2 and "Conv" not in names and names.count("QuantizeLinear") == 1
+
+
+def test_openvino_form_is_symmetric_with_float_biases_and_tracks_fp32(r20, r20_stats, digits):
+    """The OpenVINO form: the CPU artifact's placement (one Q/DQ per activation, ReLUs folded), signed
+    tensors int8 around 0 instead of uint8 around 128, 8-bit weights, biases left in float."""
+    ov = pytest.importorskip("openvino")
+    amax = compute_amax(r20_stats, "entropy")
+    tmin = {k: s.min for k, s in r20_stats.items()}
+    form = qdq_for_openvino(r20.onnx, amax, tmin)
+    cpu = qdq_for_cpu(r20.onnx, amax, tmin, reduce_range=True)
+    c, cc = consts(form), consts(cpu)
+    quant = [n for n in form.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quant) == sum(n.op_type == "QuantizeLinear" for n in cpu.graph.node)  # the same tensors quantized
+    signed = [n for n in quant if c[n.input[2]].dtype == np.int8]
+    assert signed and all(c[n.input[2]] == 0 for n in signed)  # the input and the pre-Add branch outputs at least
+    assert all(c[n.input[2]].dtype == np.uint8 and c[n.input[2]] == 0 for n in quant if n not in signed)
+    cpu_zp = {n.input[0]: cc[n.input[2]] for n in cpu.graph.node if n.op_type == "QuantizeLinear"}
+    assert all(cpu_zp[n.input[0]] == 128 for n in signed)  # exactly the tensors the CPU artifact shifts by 128
+    assert not any(v.dtype == np.int32 for v in c.values())  # no int32 biases
+    weights = [c[n.input[0]] for n in form.graph.node if n.op_type == "DequantizeLinear" and c.get(n.input[0]) is not None]
+    assert weights and max(int(np.abs(w).max()) for w in weights) == 127  # 8-bit even where the CPU artifact is 7-bit
+    assert sum(n.op_type == "Relu" for n in form.graph.node) == 0
+    score = Evaluator(r20.onnx, digits.test, r20.spec.preprocessing).openvino(form)
+    assert score is not None and ov is not None
+    INT8_DIFFER.check_agreement_rate(score.top1_agreement)
+
+
+def test_an_openvino_form_worse_than_the_cpu_artifact_is_not_written(r20, r20_stats, digits):
+    """The build keeps the OpenVINO form only when it agrees with FP32 as well as the CPU artifact
+    (within one image): one with its scales clipped to a tenth is refused, with the reason."""
+    from rescompile.stages.calibrate.stage import _check_openvino
+
+    amax = compute_amax(r20_stats, "entropy")
+    tmin = {k: s.min for k, s in r20_stats.items()}
+    ev = Evaluator(r20.onnx, digits.test, r20.spec.preprocessing)
+    cpu_score = ev(qdq_for_cpu(r20.onnx, amax, tmin, reduce_range=not has_vnni()), reference=False)
+    good, row = _check_openvino(qdq_for_openvino(r20.onnx, amax, tmin), ev, cpu_score)
+    assert good is not None and row["written"] and row["images"] == 360
+    clipped = qdq_for_openvino(r20.onnx, {t: a / 10 for t, a in amax.items()}, tmin)
+    bad, row = _check_openvino(clipped, ev, cpu_score)
+    assert bad is None and not row["written"] and "the CPU artifact on" in row["reason"]
+    assert row["top1_agreement"] < cpu_score.top1_agreement - 1 / 360
