@@ -40,6 +40,7 @@ from rescompile.models.onnx_model import copy_as_float32  # float16/bfloat16 sou
 from rescompile.stages.export import ExportResult, onnx_from_torch
 from rescompile.stages.optimize import OptimizeResult, optimize_onnx
 from rescompile.versions import library_versions, machine
+from rescompile.stages.build.cpu import measure_cpu_engines
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,8 @@ def _write_bundle(
         })
         if calibration.pixels_path is not None:
             files["cpu_int8_pixels_onnx"] = calibration.pixels_path
+        if calibration.openvino_path is not None:
+            files["openvino_int8_onnx"] = calibration.openvino_path
     if config.precision == Precision.fp16:
         files["fp16_onnx"] = write_fp16(optimized.path, work / FP16_ONNX)
 
@@ -250,6 +253,9 @@ def _write_bundle(
 
     stage("manifest")
     doc = manifest_doc(model, files, export_result, optimized, calibration, config.precision, engine, plan, target, io)
+    choice = measure_cpu_engines(files, model.spec)
+    if choice is not None:
+        doc["cpu_artifact"]["choice"] = choice
     manifest = write_manifest(work, doc, files)
     return BuildResult(out, manifest, model, export_result, optimized, calibration, files, engine, plan, target)
 
@@ -379,8 +385,13 @@ def engine_files(engine: EngineResult, bundle_dir: Path | None = None) -> dict[s
 
 
 def cpu_artifact(files: dict[str, Path]) -> dict[str, Any]:
+    """The CPU artifact (ONNX Runtime) and, when written, its OpenVINO form; ``choice`` (which of the
+    two measured faster here) is added by the build."""
     if "cpu_int8_onnx" in files:
-        return {"path": files["cpu_int8_onnx"].name, "runtime": "onnxruntime", "precision": "int8"}
+        doc = {"path": files["cpu_int8_onnx"].name, "runtime": "onnxruntime", "precision": "int8"}
+        if "openvino_int8_onnx" in files:
+            doc["openvino"] = {"path": files["openvino_int8_onnx"].name, "runtime": "openvino", "precision": "int8"}
+        return doc
     return {"path": files["optimized_onnx"].name, "runtime": "onnxruntime", "precision": "fp32"}
 
 

@@ -48,7 +48,7 @@ def predict(
         typer.Option("--bundle", "-b", help="Bundle directory, .engine, .onnx or checkpoint [default: the default build's bundle]."),
     ] = None,
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
-    backend: Annotated[str | None, typer.Option(help="onnxruntime | tensorrt | torch [default: TensorRT when it can run, else ONNX Runtime].")] = None,
+    backend: Annotated[str | None, typer.Option(help="onnxruntime | openvino | tensorrt | torch [default: TensorRT when it can run, else the CPU engine the build measured faster].")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for ONNX Runtime / PyTorch.")] = None,
     json_out: Json = False,
 ) -> None:

@@ -2,7 +2,7 @@
 and runners that share one lifecycle (load, infer/classify, close; context managers).
 
     from rescompile import runtime
-    with runtime.load("out/resnet20-digits") as runner:   # TensorRT when it can run, else ONNX Runtime
+    with runtime.load("out/resnet20-digits") as runner:   # TensorRT when it can run, else the faster CPU engine
         print(runner.classify("seven.png", top_k=3))
 
 Importing this package loads no torch, onnxruntime or tensorrt: each runner imports its own
@@ -34,6 +34,7 @@ ONNX_SUFFIXES = (".onnx",)
 # ONNX files to run on CPU when a bundle names no cpu_artifact (format 1), best first.
 CPU_FALLBACK_ROLES = ("cpu_int8_onnx", "optimized_onnx", "fp32_onnx")
 PIXELS_ROLE = "cpu_int8_pixels_onnx"
+OPENVINO_ROLE = "openvino_int8_onnx"
 
 _RUNNERS = {
     "OnnxRuntimeRunner": "rescompile.runtime.onnxruntime",
@@ -70,8 +71,10 @@ def load(
     (.engine/.plan), an ONNX file, a checkpoint/TorchScript file, or an architecture name.
 
     ``backend`` forces "onnxruntime", "openvino", "tensorrt" or "torch"; None picks TensorRT for a
-    bundle with an engine when TensorRT and an NVIDIA GPU are here, else ONNX Runtime on its CPU
-    artifact ("openvino" runs the same CPU files as ONNX Runtime, only when asked for). ``providers``/``threads`` go to ONNX Runtime (threads also to PyTorch), ``device``
+    bundle with an engine when TensorRT and an NVIDIA GPU are here, else the CPU engine the build
+    measured faster (manifest ``cpu_artifact.choice``): ONNX Runtime on the CPU artifact or OpenVINO
+    on the bundle's OpenVINO form, the other one when that is not installed. "openvino" runs the
+    OpenVINO form when the bundle has one (else the CPU artifact). ``providers``/``threads`` go to ONNX Runtime (threads also to PyTorch), ``device``
     to PyTorch. ``verify_files`` checks the sha256 of the bundle file that will run.
     ``allow_host_code`` lets TensorRT run the lean runtime a version-compatible engine carries
     (code stored in the plan: only for engines you trust); None allows it when the bundle's
@@ -179,14 +182,23 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
         output = (manifest.output or {}).get("name")
         return TensorRTRunner(engine_path, spec=manifest.spec, engine_info=engine, bundle_dir=manifest.dir, output_name=output,
                               check=False, allow_host_code=allow_host_code)
+    if backend is None:  # no TensorRT here: the CPU engine the build measured faster, when installed
+        backend, cpu_why = _auto_cpu_backend(manifest)
+        why = f"{why}; {cpu_why}"
     if backend == "openvino" and not has_module("openvino"):
         raise MissingDependencyError(f"cannot run bundle {manifest.dir} on OpenVINO: openvino is not installed here",
                                      "Install it with: pip install 'rescompile[openvino]', or leave backend unset for ONNX Runtime")
     if backend != "openvino" and not has_module("onnxruntime"):  # say both halves: why not TensorRT, and what runs the CPU artifact
         raise MissingDependencyError(
             f"cannot run bundle {manifest.dir} here: {why}, and ONNX Runtime (for its CPU artifact) is not installed",
-            "Install it with: pip install 'rescompile[ort]', or run the bundle where TensorRT and an NVIDIA GPU are",
+            "Install it with: pip install 'rescompile[ort]' (or 'rescompile[openvino]'), or run the bundle where TensorRT and an NVIDIA GPU are",
         )
+    if backend == "openvino" and manifest.has(OPENVINO_ROLE) and not pixels:
+        if verify_files:
+            verify(manifest, [OPENVINO_ROLE])
+        onnx_path = manifest.file(OPENVINO_ROLE)
+        _chosen(backend, onnx_path, f"{why}; running its OpenVINO INT8 form")
+        return _openvino_runner(onnx_path, manifest.spec, providers, threads)
     onnx_path, what = _cpu_file(manifest, verify_files)
     pixels_path = None
     if pixels is not False and manifest.has(PIXELS_ROLE) and manifest.has("cpu_int8_onnx") and onnx_path == manifest.file("cpu_int8_onnx"):
@@ -203,16 +215,40 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
     return _onnxruntime_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
 
 
-def _auto_backend(manifest: Manifest) -> tuple[str, str]:
+def _auto_backend(manifest: Manifest) -> tuple[str | None, str]:
+    """TensorRT when the bundle's engine can run here, else None (a CPU engine: _auto_cpu_backend)."""
     if manifest.engine is None:
-        return "onnxruntime", "the bundle has no TensorRT engine"
+        return None, "the bundle has no TensorRT engine"
     trt_version = nvidia.tensorrt_version()
     if trt_version is None:
-        return "onnxruntime", "the bundle has a TensorRT engine, but TensorRT is not installed"
+        return None, "the bundle has a TensorRT engine, but TensorRT is not installed"
     gpu = nvidia.find_gpu()
     if gpu is None:
-        return "onnxruntime", f"the bundle has a TensorRT engine and TensorRT {trt_version} is here, but no NVIDIA GPU"
+        return None, f"the bundle has a TensorRT engine and TensorRT {trt_version} is here, but no NVIDIA GPU"
     return "tensorrt", f"the bundle has a TensorRT engine; TensorRT {trt_version} and {gpu.name} ({gpu.sm}) are here"
+
+
+def _auto_cpu_backend(manifest: Manifest) -> tuple[str, str]:
+    """The CPU engine the build measured faster (manifest cpu_artifact.choice) when it is installed
+    here, else the other one; ONNX Runtime when the build measured nothing."""
+    artifact = manifest.cpu_artifact or {}
+    choice = artifact.get("choice") if isinstance(artifact.get("choice"), dict) else None
+    can_openvino = manifest.has(OPENVINO_ROLE) and has_module("openvino")
+    if choice is None or choice.get("fastest") not in ("onnxruntime", "openvino"):
+        if not has_module("onnxruntime") and can_openvino:
+            return "openvino", "ONNX Runtime is not installed, OpenVINO is"
+        return "onnxruntime", "the CPU artifact on ONNX Runtime (the build measured no other CPU engine)"
+    from rescompile.bench.env import cpu_model
+
+    fastest, p50 = choice["fastest"], choice.get("p50_ms") or {}
+    measured = ", ".join(f"{k} {v} ms" for k, v in p50.items())
+    where = "" if choice.get("cpu") in (None, cpu_model()) else f" (measured on {choice['cpu']}, not this CPU)"
+    if fastest == "openvino" and can_openvino:
+        return "openvino", f"the build measured OpenVINO faster at batch {choice.get('batch', 1)}: {measured}{where}"
+    if fastest == "onnxruntime" and (has_module("onnxruntime") or not can_openvino):
+        return "onnxruntime", f"the build measured ONNX Runtime faster at batch {choice.get('batch', 1)}: {measured}{where}"
+    other = "onnxruntime" if fastest == "openvino" else "openvino"
+    return other, f"the build measured {fastest} faster, but it is not installed here"
 
 
 def _cpu_file(manifest: Manifest, verify_files: bool) -> tuple[Path, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import onnx
@@ -32,7 +33,12 @@ def test_int8_bundle_is_complete_and_self_describing(int8_bundle, trained):
     doc = m.doc
     assert doc["input"] == {"name": "input", "shape": ["batch", 3, 32, 32], "dtype": "float32", "layout": "nchw"}
     assert doc["output"]["shape"] == ["batch", 10]
-    assert doc["cpu_artifact"] == {"path": "model_int8_cpu.onnx", "runtime": "onnxruntime", "precision": "int8"}
+    artifact = doc["cpu_artifact"]
+    assert {k: artifact[k] for k in ("path", "runtime", "precision")} == {"path": "model_int8_cpu.onnx", "runtime": "onnxruntime", "precision": "int8"}
+    assert artifact["openvino"] == {"path": "model_int8_openvino.onnx", "runtime": "openvino", "precision": "int8"}
+    # The CPU engine is chosen by measurement where both can run (tests/runtime/test_openvino.py checks the record).
+    both = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "openvino"))
+    assert ("choice" in artifact) == both
     # What the manifest says of NVIDIA is what this machine has (a GPU box without TensorRT included).
     here = build_target()
     assert doc["nvidia"] == {"tensorrt": here.trt_version, "gpu": here.gpu.to_dict() if here.gpu else None}

@@ -86,7 +86,7 @@ def test_build_from_checkpoint_writes_bundle_with_hashes(trained, tmp_path):
     assert manifest["spec"]["arch"] == "resnet20" and manifest["export"]["check"]["passed"]
     assert set(manifest["files"]) == {
         "fp32_onnx", "optimized_onnx", "fusion_report", "labels", "checkpoint", "qdq_onnx", "cpu_int8_onnx", "cpu_int8_pixels_onnx",
-        "calibration_cache", "scales", "accuracy",
+        "openvino_int8_onnx", "calibration_cache", "scales", "accuracy",
     }
     assert manifest["precision"] == "int8"
     cal = manifest["calibration"]

@@ -59,18 +59,28 @@ def test_default_int8_bundle_is_valid(default_bundle):
     assert {"qdq_onnx", "cpu_int8_onnx", "calibration_cache", "labels"} <= set(m.files)
 
 
+def cpu_runner(bundle) -> tuple[str, str]:
+    """(backend, file) runtime.load runs on a CPU: the engine the build measured faster."""
+    choice = json.loads((bundle / "manifest.json").read_text())["cpu_artifact"].get("choice") or {}
+    if choice.get("fastest") == "openvino":
+        return "openvino", "model_int8_openvino.onnx"
+    return "onnxruntime", "model_int8_cpu.onnx"
+
+
 def test_predict_classifies_digits(default_bundle, digit_pngs, monkeypatch):
     monkeypatch.setenv("RESCOMPILE_HOME", str(default_bundle.parents[1]))
     res = invoke("predict", digit_pngs, "--json", "--top-k", "2")  # the default bundle, a folder of images
     assert res.exit_code == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["runner"] == "onnxruntime on model_int8_cpu_pixels.onnx (uint8 pixels in)"
+    backend, _ = cpu_runner(default_bundle)
+    expected = {"onnxruntime": "onnxruntime on model_int8_cpu_pixels.onnx (uint8 pixels in)", "openvino": "openvino on model_int8_openvino.onnx"}
+    assert data["runner"] == expected[backend]
     preds = data["predictions"]
     assert len(preds) == 60 and all(len(p["top"]) == 2 for p in preds)
     right = sum(p["top"][0]["label"] == Path(p["image"]).stem.split("label")[1] for p in preds)
     assert right >= 57  # floor: the INT8 model keeps the FP32 model's ~99%: at most 3 of these 60 wrong
     table = invoke("predict", *sorted(digit_pngs.iterdir())[:3], "--bundle", default_bundle)
-    assert table.exit_code == 0 and "predictions (onnxruntime" in table.stdout
+    assert table.exit_code == 0 and f"predictions ({backend}" in table.stdout
 
 
 def test_classify_runs_the_pixel_artifact_and_agrees_with_the_float_one(default_bundle, digit_pngs):
@@ -90,7 +100,7 @@ def test_classify_runs_the_pixel_artifact_and_agrees_with_the_float_one(default_
     Tolerance(2, n, "two borderline images of the shipped model").check_agreement_rate(pix["top1_agreement"], "pixel artifact")
     one.check_gap_points(100 * (pix["top1_agreement"] - flt["top1_agreement"]), "pixel vs float artifact")
     files = sorted(digit_pngs.iterdir())
-    with runtime.load(default_bundle) as fast, runtime.load(default_bundle, pixels=False) as plain:
+    with runtime.load(default_bundle, backend="onnxruntime") as fast, runtime.load(default_bundle, backend="onnxruntime", pixels=False) as plain:
         assert fast.takes_pixels and fast.pixels_source.endswith("model_int8_cpu_pixels.onnx") and not plain.takes_pixels
         images = [read_image(f) for f in files]
         pixels = fast.spec.preprocessing.pixels(images)
@@ -138,7 +148,7 @@ def test_example_app_runs_without_pytorch(default_bundle, digit_pngs):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "running onnxruntime on model_int8_cpu.onnx" and len(lines) == 61
+    assert lines[0] == "running {} on {}".format(*cpu_runner(default_bundle)) and len(lines) == 61
     right = sum(line.split(":")[0].split("label")[1].split(".")[0] == line.split(": ")[1].split(" ")[0] for line in lines[1:])
     assert right >= 57
     assert np.isfinite(float(lines[1].split("[")[1].split(" ms")[0]))

@@ -1,8 +1,11 @@
-"""The OpenVINO runner on a real bundle: same predictions as ONNX Runtime on the same file, the
-model cache, and the one-line error when openvino is missing."""
+"""The OpenVINO runner on a real bundle: the bundle's OpenVINO form and its CPU artifact, the
+predictions of ONNX Runtime, the model cache, the automatic choice the build measured, and the
+one-line error when openvino is missing."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 
 import numpy as np
@@ -18,6 +21,9 @@ from tests.tolerance import Tolerance
 # own requantization rounding and accumulation order): a borderline image of a briefly trained
 # model may flip; a runner that fed the wrong file, layout or normalisation differs on dozens.
 SAME_FILE = Tolerance(2, 360, "two runtimes' int8 kernels on the same Q/DQ file; a wrong feed differs on dozens")
+# The OpenVINO form and the CPU artifact share every scale; only signed tensors are rounded on
+# another grid (int8 around 0, not uint8 around 128): a few more borderline images may flip.
+SAME_SCALES = Tolerance(4, 360, "two Q/DQ forms of one set of scales on two runtimes; a wrong feed differs on dozens")
 
 
 @pytest.fixture
@@ -32,24 +38,34 @@ def digits():
     return load_dataset("digits").test
 
 
-def test_openvino_runs_the_cpu_artifact_with_the_predictions_of_onnx_runtime(bundle, digits, home):
+def test_openvino_runs_the_openvino_form_with_the_predictions_of_onnx_runtime(bundle, digits, home):
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
     with runtime.load(bundle, backend="openvino") as ov, runtime.load(bundle, backend="onnxruntime") as ort:
-        assert ov.backend == "openvino" and ov.source == str(bundle / "model_int8_cpu.onnx")
-        assert ov.takes_pixels and ov.pixels_source == str(bundle / "model_int8_cpu_pixels.onnx")  # as ONNX Runtime picks
+        assert ov.backend == "openvino" and ov.source == str(bundle / "model_int8_openvino.onnx")
+        assert not ov.takes_pixels  # the OpenVINO form takes normalised floats; classify normalises in numpy
         x = digits.batch(np.arange(len(digits)), ov.spec.preprocessing)
         got, ref = ov.infer(x), ort.infer(x)
         assert got.shape == ref.shape == (len(digits), 10) and got.dtype == np.float32
-        SAME_FILE.check_agreement(got.argmax(1), ref.argmax(1), "openvino vs onnxruntime, float input")
-        pixels = ov.spec.preprocessing.pixels(digits.images(np.arange(len(digits))))
-        SAME_FILE.check_agreement(ov.infer_pixels(pixels).argmax(1), ort.infer_pixels(pixels).argmax(1), "pixel input")
+        SAME_SCALES.check_agreement(got.argmax(1), ref.argmax(1), "openvino form vs CPU artifact, float input")
         assert ov.infer(x[:1]).shape == (1, 10) and ov.infer(x[:7]).shape == (7, 10)  # any batch size, after the big one
         (top,) = ov.classify(digits.images(np.arange(1))[0], top_k=1)
-        assert top.label == ov.spec.label(int(ref[0].argmax()))
+        assert top.label == ov.spec.label(int(got[0].argmax()))
     assert ov.closed
     with pytest.raises(runtime.RunnerError, match="closed"):
         ov.infer(x[:1])
+
+
+def test_openvino_runs_the_cpu_artifact_and_its_pixel_form_with_onnx_runtime_s_predictions(bundle, digits, home):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    with runtime.load(bundle, backend="openvino", pixels=True) as ov, runtime.load(bundle, backend="onnxruntime") as ort:
+        assert ov.source == str(bundle / "model_int8_cpu.onnx")
+        assert ov.takes_pixels and ov.pixels_source == str(bundle / "model_int8_cpu_pixels.onnx")  # as ONNX Runtime picks
+        x = digits.batch(np.arange(len(digits)), ov.spec.preprocessing)
+        SAME_FILE.check_agreement(ov.infer(x).argmax(1), ort.infer(x).argmax(1), "openvino vs onnxruntime, float input")
+        pixels = ov.spec.preprocessing.pixels(digits.images(np.arange(len(digits))))
+        SAME_FILE.check_agreement(ov.infer_pixels(pixels).argmax(1), ort.infer_pixels(pixels).argmax(1), "pixel input")
 
 
 def test_pixels_false_runs_the_float_artifact_only(bundle, home):
@@ -88,12 +104,73 @@ def test_missing_openvino_is_one_line_naming_the_extra(bundle, monkeypatch, targ
     assert "\n" not in text and "pip install 'rescompile[openvino]'" in text and "openvino" in text.split(":")[0].lower()
 
 
-def test_openvino_is_an_explicit_backend_only(bundle, monkeypatch):
-    """auto still picks ONNX Runtime on a CPU-only machine: OpenVINO is not chosen without measurements."""
+def test_the_build_records_which_cpu_engine_it_measured_faster(bundle):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    from rescompile.bench.env import cpu_flags, cpu_model
+
+    doc = json.loads((bundle / "manifest.json").read_text())
+    artifact = doc["cpu_artifact"]
+    assert artifact["openvino"]["path"] == "model_int8_openvino.onnx" and "openvino_int8_onnx" in doc["files"]
+    choice = artifact["choice"]
+    assert set(choice["p50_ms"]) == {"onnxruntime", "openvino"} and all(v > 0 for v in choice["p50_ms"].values())
+    p50 = choice["p50_ms"]
+    assert choice["fastest"] == ("openvino" if p50["openvino"] < p50["onnxruntime"] * (1 - choice["margin"]) else "onnxruntime")
+    assert 0 < choice["margin"] <= 0.1
+    assert choice["batch"] == 1 and choice["runs"] >= 50
+    assert choice["cpu"] == cpu_model() and choice["cpu_flags"] == cpu_flags()  # the figure says where it was measured
+    accuracy = doc["calibration"]["accuracy"]["int8_openvino"]
+    assert accuracy["runtime"] == "openvino" and accuracy["written"] and accuracy["images"] == 360
+
+
+def _with_choice(bundle, tmp_path, fastest):
+    copy = tmp_path / f"b-{fastest}"
+    shutil.copytree(bundle, copy)
+    doc = json.loads((copy / "manifest.json").read_text())
+    if fastest is None:
+        doc["cpu_artifact"].pop("choice", None)
+    else:
+        doc["cpu_artifact"]["choice"] = {**doc["cpu_artifact"]["choice"], "fastest": fastest}
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    return copy
+
+
+@pytest.mark.parametrize("fastest, expected, source", [
+    ("openvino", "openvino", "model_int8_openvino.onnx"),
+    ("onnxruntime", "onnxruntime", "model_int8_cpu.onnx"),
+    (None, "onnxruntime", "model_int8_cpu.onnx"),  # a bundle whose build measured nothing: ONNX Runtime, as before
+])
+def test_auto_runs_the_cpu_engine_the_build_measured_faster(bundle, tmp_path, monkeypatch, home, caplog, fastest, expected, source):
+    pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
     from rescompile import nvidia
 
     monkeypatch.setattr(nvidia, "tensorrt_version", lambda: None)
-    assert "openvino" in runtime.BACKENDS
-    with runtime.load(bundle) as r:
+    copy = _with_choice(bundle, tmp_path, fastest)
+    with caplog.at_level("INFO", logger="rescompile.runtime"), runtime.load(copy) as r:
+        assert r.backend == expected and r.source == str(copy / source)
+    if fastest is not None:
+        assert "the build measured" in caplog.text and "ms" in caplog.text  # the log says why, with the figures
+
+
+def test_auto_takes_onnx_runtime_when_the_faster_openvino_is_not_installed(bundle, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("onnxruntime")
+    from rescompile import nvidia
+
+    monkeypatch.setattr(nvidia, "tensorrt_version", lambda: None)
+    copy = _with_choice(bundle, tmp_path, "openvino")
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with caplog.at_level("INFO", logger="rescompile.runtime"), runtime.load(copy) as r:
         assert r.backend == "onnxruntime"
+    assert "not installed" in caplog.text
+
+
+def test_auto_takes_openvino_when_onnx_runtime_is_not_installed(bundle, tmp_path, monkeypatch, home):
+    pytest.importorskip("openvino")
+    from rescompile import nvidia
+
+    monkeypatch.setattr(nvidia, "tensorrt_version", lambda: None)
+    copy = _with_choice(bundle, tmp_path, "onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with runtime.load(copy) as r:
+        assert r.backend == "openvino" and r.source == str(copy / "model_int8_openvino.onnx")
