@@ -1,6 +1,7 @@
 """Check that the built wheel installs on the edge: resolve it for a Jetson (aarch64, Python 3.10,
 glibc <= 2.35) and for an x86-64 GPU server (Python 3.12) with `pip install --dry-run`, and fail
-if the base install (or base + [trt,ort]) would bring PyTorch, onnxsim or any nvidia-* package.
+if the base install (or base + [trt,ort], or base + [openvino]) would bring PyTorch, onnxsim,
+scikit-learn or any nvidia-* package, naming the requirements that bring each one.
 Also checks that the wheel carries the embedded default model with the sha256 its record names.
 
     python .ci/check_edge_install.py [--wheel-dir DIR]
@@ -27,7 +28,7 @@ TARGETS = [
     ("x86-64 cp312", "3.12", ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64",
                               *(f"manylinux_2_{n}_x86_64" for n in range(5, 36))]),
 ]
-EXTRAS = ["", "[trt,ort]"]
+EXTRAS = ["", "[trt,ort]", "[openvino]"]
 
 
 def build_wheel(out: Path) -> Path:
@@ -44,7 +45,7 @@ def check_embedded_model(wheel: Path) -> str:
     return f"embedded default model in the wheel: {record['file']}, {record['bytes']} bytes, sha256 {digest[:16]}... ok"
 
 
-def resolve(wheel: Path, extras: str, python: str, platforms: list[str], scratch: Path) -> list[tuple[str, str]]:
+def resolve(wheel: Path, extras: str, python: str, platforms: list[str], scratch: Path) -> list[dict]:
     report = scratch / "report.json"
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--target", str(scratch / "never"),
            "--only-binary=:all:", "--implementation", "cp", "--python-version", python, "--report", str(report)]
@@ -54,8 +55,35 @@ def resolve(wheel: Path, extras: str, python: str, platforms: list[str], scratch
     if done.returncode != 0:
         tail = [ln for ln in done.stderr.splitlines() if not ln.startswith("WARNING: Location")][-5:]
         raise SystemExit(f"FAIL: pip could not resolve rescompile{extras} for Python {python} on {platforms[0]}:\n" + "\n".join(tail))
-    items = json.loads(report.read_text())["install"]
-    return sorted((i["metadata"]["name"].lower().replace("_", "-"), i["metadata"]["version"]) for i in items)
+    return json.loads(report.read_text())["install"]
+
+
+def _name(text: str) -> str:
+    return re.sub(r"[-_.]+", "-", text).lower()
+
+
+def pulled_by(items: list[dict], python: str, machine: str) -> dict[str, str]:
+    """For each package pip would install, the chain of requirements from the wheel that brings it
+    ("rescompile[openvino] -> nncf -> scikit-learn"), read from the report's metadata."""
+    from packaging.requirements import Requirement
+
+    meta = {_name(i["metadata"]["name"]): i["metadata"] for i in items}
+    env = {"python_version": python, "python_full_version": f"{python}.0", "platform_machine": machine}
+    root = next(i for i in items if _name(i["metadata"]["name"]) == "rescompile")
+    extras = sorted(root.get("requested_extras") or [])
+    chains = {"rescompile": "rescompile" + (f"[{','.join(extras)}]" if extras else "")}
+    todo = [("rescompile", set(extras))]
+    while todo:
+        name, wanted = todo.pop(0)
+        for text in meta[name].get("requires_dist") or []:
+            req = Requirement(text)
+            dep = _name(req.name)
+            if dep not in meta or dep in chains:
+                continue
+            if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in ("", *wanted)):
+                chains[dep] = f"{chains[name]} -> {dep}"
+                todo.append((dep, set(req.extras)))
+    return chains
 
 
 def main() -> int:
@@ -70,14 +98,17 @@ def main() -> int:
         print(check_embedded_model(wheel))
         for label, python, platforms in TARGETS:
             for extras in EXTRAS:
-                found = resolve(wheel, extras, python, platforms, scratch)
-                bad = [f"{n}=={v}" for n, v in found if FORBIDDEN.match(n)]
+                items = resolve(wheel, extras, python, platforms, scratch)
+                found = sorted((_name(i["metadata"]["name"]), i["metadata"]["version"]) for i in items)
+                bad = [(n, v) for n, v in found if FORBIDDEN.match(n)]
                 status = "FAIL" if bad else "ok"
                 failures += bool(bad)
                 print(f"{status}: rescompile{extras or ''} on {label} resolves to {len(found)} packages: "
                       + ", ".join(f"{n}=={v}" for n, v in found))
                 if bad:
-                    print(f"      forbidden on the edge: {', '.join(bad)}")
+                    chains = pulled_by(items, python, platforms[0].split("_", 1)[1])  # manylinux2014_aarch64: aarch64
+                    print("      forbidden on the edge: " + ", ".join(f"{n}=={v} ({chains.get(n, 'from an unknown requirement')})"
+                                                                   for n, v in bad))
     print("edge install check:", "FAILED" if failures else "passed")
     return 1 if failures else 0
 

@@ -24,7 +24,7 @@ EXTRAS = {
     "onnx_graphsurgeon": ("trt", "graph rewrites"),
     "tensorrt": ("trt", "TensorRT engines"),
     "openvino": ("openvino", "running ONNX models on OpenVINO (the openvino runtime backend)"),
-    "nncf": ("openvino", "NNCF quantization (the nncf bench peer)"),
+    "nncf": ("nncf", "NNCF quantization (the nncf bench peer)"),
 }
 # Where an extra is not the whole story: what else installs the module.
 _ALSO = {
