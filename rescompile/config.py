@@ -247,7 +247,7 @@ class BenchConfig:
     rounds: int = 3  # backends take turns this many times (alternating order); samples are pooled
     output_dir: Path | None = None  # None: <bundle>/bench
     extra_onnx: tuple[tuple[str, str, Path], ...] = ()  # (key, display name, path): more ORT models to compare
-    peers: tuple[str, ...] = ("ort",)  # other tools' INT8 of the same model, measured beside the CPU artifact
+    peers: tuple[str, ...] = ("ort", "nncf")  # other tools' INT8 of the same model, measured beside rescompile's CPU INT8
     # Time every backend from uint8 pixels (float-input ones normalise inside the timed call) and
     # add the pixel-input CPU artifact: latency as an app holding camera frames sees it.
     from_pixels: bool = False

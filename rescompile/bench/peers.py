@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 PEERS = ("ort", "nncf")
 ORT_PEER = "ort-int8-qstatic"
 NNCF_PEER = "ov-int8-nncf"
+CPU_INT8 = ("ort-int8", "ort-int8-pixels", "ov-int8")  # the bundle's own CPU INT8 backends, which the peers are measured beside
 
 
 def _scales_provenance(manifest: Manifest) -> dict:
@@ -112,11 +113,11 @@ class _DropAdvice(logging.Filter):
 def peer_backends(manifest: Manifest, cfg: BenchConfig, chosen: list[Backend], notes: list[str],
                   progress: Callable[[str, int, int], None]) -> list[Backend]:
     """The peers ``cfg.peers`` asks for, quantized from the bundle's optimized ONNX on its own
-    calibration images, when the CPU artifact they are compared with is measured."""
+    calibration images, when a CPU INT8 backend of the bundle they are compared with is measured."""
     unknown = [p for p in cfg.peers if p not in PEERS]
     if unknown:
         raise ConfigError(f"unknown peer {unknown[0]!r}", f"Use --peers {','.join(PEERS)} (or a part of it) or --peers none")
-    if not cfg.peers or not any(b.key == "ort-int8" for b in chosen) or not manifest.has("optimized_onnx"):
+    if not cfg.peers or not any(b.key in CPU_INT8 for b in chosen) or not manifest.has("optimized_onnx"):
         return []
     keys = {"ort": ORT_PEER, "nncf": NNCF_PEER}
     wanted = [p for p in PEERS if p in cfg.peers and (not cfg.backends or keys[p] in cfg.backends)]  # --backends is what runs
@@ -157,7 +158,7 @@ def _ort_peer(manifest: Manifest, cfg: BenchConfig, images, note: str, out_dir: 
 def _nncf_peer(manifest: Manifest, cfg: BenchConfig, images, note: str, out_dir: Path, notes: list[str]) -> Backend | None:
     missing = [m for m in ("nncf", "openvino") if not has_module(m)]
     if missing:
-        notes.append(f"NNCF + OpenVINO is not compared: {' and '.join(missing)} not installed here (pip install 'rescompile[openvino]')")
+        notes.append(f"NNCF + OpenVINO is not compared: {' and '.join(missing)} not installed here (pip install 'rescompile[nncf]')")
         return None
     import nncf
 
@@ -204,4 +205,5 @@ def _openvino_version() -> str:
 
 
 _TITLES = {"ort": "ONNX Runtime quantize_static", "nncf": "NNCF + OpenVINO"}
+TITLES = {ORT_PEER: _TITLES["ort"], NNCF_PEER: _TITLES["nncf"]}  # backend key -> the tool, as the verdict names it
 _MAKERS = {"ort": _ort_peer, "nncf": _nncf_peer}

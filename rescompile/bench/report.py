@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from rescompile._io import atomic_path, write_bytes_atomic, write_json_atomic
 from rescompile.bench.env import describe_cpu_flags
+from rescompile.bench.peers import CPU_INT8, TITLES
 
 if TYPE_CHECKING:
     from rescompile.bench.run import BenchReport
@@ -19,6 +20,13 @@ def _points(report: BenchReport, key: str) -> str:
     if a is None or r is None or a.top1 is None or r.top1 is None:
         return "top-1 not measured"
     return f"{100 * (a.top1 - r.top1):+.1f} points top-1"
+
+
+def _points_vs(report: BenchReport, key: str, other: str) -> str:
+    a, b, r = report.accuracy_of(key), report.accuracy_of(other), report.accuracy_of(report.reference)
+    if a is None or b is None or r is None or None in (a.top1, b.top1, r.top1):
+        return "top-1 not measured"
+    return f"{100 * (a.top1 - r.top1):+.1f} vs {100 * (b.top1 - r.top1):+.1f} points top-1"
 
 
 def verdict_and_warnings(report: BenchReport) -> tuple[str, list[str]]:
@@ -39,18 +47,21 @@ def verdict_and_warnings(report: BenchReport) -> tuple[str, list[str]]:
     word = "faster" if speed >= 1 else "slower"
     ratio = speed if speed >= 1 else 1 / speed
     verdict = f"{best.name} is {ratio:.1f}x {word} than {ref.name} at batch {batch} with {_points(report, best.key)}"
-    art_key = "ort-int8-pixels" if "ort-int8-pixels" in at else "ort-int8"
-    artifact, peer = at.get(art_key), at.get("ort-int8-qstatic")
-    if artifact is not None and peer is not None:
-        r = peer.stats.p50 / artifact.stats.p50
-        what = "the pixel-input CPU artifact" if art_key == "ort-int8-pixels" else "the CPU artifact"
-        verdict += (f"; {what} is {r if r >= 1 else 1 / r:.2f}x {'faster' if r >= 1 else 'slower'} than ONNX Runtime "
-                    f"quantize_static ({_points(report, art_key)} vs {_points(report, 'ort-int8-qstatic')})")
+    own = [k for k in CPU_INT8 if k in at and not report.backend(k).comparison]
+    peers = [k for k in TITLES if k in at and report.backend(k).comparison]
+    if own and peers:
+        mine, peer = min(own, key=lambda k: at[k].stats.p50), min(peers, key=lambda k: at[k].stats.p50)
+        r = at[peer].stats.p50 / at[mine].stats.p50
+        title = TITLES[peer]
+        versus = f"the fastest peer, {title}" if len(peers) > 1 else title
+        name = report.backend(mine).name
+        verdict += (f"; rescompile's fastest CPU INT8 ({name}) is {r if r >= 1 else 1 / r:.2f}x {'faster' if r >= 1 else 'slower'} "
+                    f"than {versus} ({_points_vs(report, mine, peer)})")
         if "input" in report.environment:
             verdict += ", both from uint8 pixels"
         if r < 1:
-            warnings.append(f"the CPU artifact is slower than ONNX Runtime quantize_static at batch {batch} "
-                            f"({artifact.stats.p50:.2f} vs {peer.stats.p50:.2f} ms p50)")
+            warnings.append(f"rescompile's fastest CPU INT8 ({name}) is slower than {title} at batch {batch} "
+                            f"({at[mine].stats.p50:.2f} vs {at[peer].stats.p50:.2f} ms p50)")
     for m in measured:
         b = report.backend(m.key)
         if b.precision != "int8" or b.mode != "compute":

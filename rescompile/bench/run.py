@@ -15,7 +15,7 @@ import numpy as np
 
 from rescompile import nvidia
 from rescompile._lazy import has_module, import_optional
-from rescompile.bench.backends import Backend, OrtBackend, TorchBackend, TrtBackend
+from rescompile.bench.backends import Backend, OpenVINOBackend, OrtBackend, TorchBackend, TrtBackend
 from rescompile.bench.env import PowerSampler, environment
 from rescompile.bench.timing import TimingBudget, TimingStats, measure
 from rescompile.bundle import Manifest, read_manifest
@@ -25,6 +25,8 @@ from rescompile.errors import ConfigError, DataError, MissingDependencyError
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+
+OPENVINO_ROLE = "openvino_int8_onnx"
 
 
 @dataclass
@@ -148,6 +150,12 @@ def lineup(manifest: Manifest, cfg: BenchConfig, device: str) -> Lineup:
         out.extend(_ort_backends(manifest, cfg, device, want))
     else:
         notes.append("ONNX Runtime is not installed here, so the CPU artifact is not measured (pip install 'rescompile[ort]')")
+    if manifest.has(OPENVINO_ROLE) and want("ov-int8"):
+        if has_module("openvino"):
+            out.append(OpenVINOBackend("ov-int8", "OpenVINO INT8 (rescompile)", manifest.file(OPENVINO_ROLE), "int8", threads=cfg.threads))
+        else:
+            notes.append("OpenVINO is not installed here, so the bundle's OpenVINO INT8 model is not measured "
+                         "(pip install 'rescompile[openvino]')")
     out.extend(_tensorrt_backends(manifest, want, fp32_reference=module is None))
     if not out:
         raise MissingDependencyError(

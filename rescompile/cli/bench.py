@@ -76,25 +76,26 @@ def print_report(report) -> None:
 )
 @guarded
 def bench(
-    bundle: Annotated[Path | None, typer.Argument(help="Bundle directory [default: the default build's bundle].", show_default=False)] = None,
+    bundle: Annotated[Path | None, typer.Argument(help="Bundle directory \\[default: the default build's bundle].", show_default=False)] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = ",".join(map(str, B.batch_sizes)),
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch and ONNX Runtime [default: all cores].")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch, ONNX Runtime and OpenVINO \\[default: all cores].")] = None,
     device: Annotated[str, typer.Option(help="Where PyTorch runs: auto | cpu | cuda.")] = B.device,
     backends: Annotated[
-        str | None, typer.Option(help="Only these backends, comma-separated: torch-fp32, ort-fp32, ort-int8, trt-int8, trt-fp16, ...")
+        str | None, typer.Option(help="Only these backends, comma-separated: torch-fp32, ort-fp32, ort-int8, ov-int8, trt-int8, trt-fp16, ...")
     ] = None,
     channels_last: Annotated[bool, typer.Option(help="Also PyTorch eager in channels_last.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="Also torch.compile (its compile time is reported apart).")] = False,
-    eval_data: Annotated[str | None, typer.Option(help="Labelled images for top-1 [default: the model's own test split].")] = None,
+    eval_data: Annotated[str | None, typer.Option(help="Labelled images for top-1 \\[default: the model's own test split].")] = None,
     max_eval_images: Annotated[int, typer.Option(min=1, help="At most this many images for accuracy.")] = B.max_eval_images,
     warmup_s: Annotated[float, typer.Option(min=0.0, help="Untimed warmup per measurement, seconds.")] = B.warmup_s,
     min_runs: Annotated[int, typer.Option(min=1, help="Timed runs per measurement, at least.")] = B.min_runs,
     max_s: Annotated[float, typer.Option(min=0.0, help="Stop sampling after this long once --min-runs are in.")] = B.max_s,
     rounds: Annotated[int, typer.Option(min=1, help="Backends take turns this many times, in alternating order (samples pooled).")] = B.rounds,
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Report folder [default: <bundle>/bench].")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Report folder \\[default: <bundle>/bench].")] = None,
     peers: Annotated[str, typer.Option(
-        help="Other tools' INT8 of the same model, measured beside the CPU artifact: ort (ONNX Runtime quantize_static), "
-        "nncf (NNCF quantize, run on OpenVINO; pip install 'rescompile[openvino]'), both as ort,nncf, or none.",
+        help="Other tools' INT8 of the same model, measured beside rescompile's CPU INT8: ort (ONNX Runtime quantize_static), "
+        "nncf (NNCF quantize, run on OpenVINO; pip install 'rescompile\\[nncf]'), both as ort,nncf, or none. "
+        "A peer whose package is not installed steps aside with a note.",
     )] = ",".join(B.peers),
     from_pixels: Annotated[bool, typer.Option(
         "--from-pixels", help="Time every backend from uint8 pixels (float-input ones normalise them inside the timed call) and add "

@@ -11,7 +11,7 @@ import pytest
 
 from rescompile.bench import run_bench
 from rescompile.config import BenchConfig
-from tests.bench.test_bench import FAST, bundle  # noqa: F401  the module's bundle fixture
+from tests.bench.test_bench import FAST, bundle, runs_ov  # noqa: F401  the module's bundle fixture
 from tests.tolerance import Tolerance
 
 # NNCF's own scales and OpenVINO's int8 kernels on 120 images of a briefly trained model: its
@@ -23,13 +23,13 @@ NNCF_GAP = Tolerance(4, 120, "another tool's INT8 of a briefly trained model; a 
 def report(bundle):  # noqa: F811
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    return run_bench(BenchConfig(bundle=bundle, batch_sizes=(1, 4), threads=1, peers=("ort", "nncf"),
-                                 output_dir=bundle.parent / "nncf-bench", **FAST))
+    return run_bench(BenchConfig(bundle=bundle, batch_sizes=(1, 4), threads=1, output_dir=bundle.parent / "nncf-bench", **FAST))
 
 
-def test_nncf_peer_is_measured_beside_the_ort_peer(report):
+def test_both_peers_are_measured_by_default(report, bundle):  # noqa: F811
     keys = [b.key for b in report.backends]
-    assert keys == ["torch-fp32", "ort-fp32", "ort-int8", "ort-int8-qstatic", "ov-int8-nncf"]
+    assert keys == ["torch-fp32", "ort-fp32", "ort-int8", *(["ov-int8"] if runs_ov(bundle) else []), "ort-int8-qstatic", "ov-int8-nncf"]
+    assert [b.key for b in report.backends if b.comparison] == ["ort-int8-qstatic", "ov-int8-nncf"]
     peer = report.backend("ov-int8-nncf")
     assert peer.comparison and peer.precision == "int8" and peer.device == "cpu" and peer.build_seconds > 0
     for batch in (1, 4):
@@ -40,7 +40,10 @@ def test_nncf_peer_is_measured_beside_the_ort_peer(report):
     assert acc.images == 120 and acc.cosine > 0.95
     NNCF_GAP.check_agreement_rate(acc.agreement, "ov-int8-nncf")
     NNCF_GAP.check_gap_points(100 * (report.accuracy_of("torch-fp32").top1 - acc.top1), "ov-int8-nncf")
-    assert any(a.startswith("NNCF ") and "OpenVINO" in a and "calibrated on 64 images" in a for a in report.environment["peers"])
+    nncf_about, ort_about = sorted(report.environment["peers"])  # both peers say how they were made
+    assert nncf_about.startswith("NNCF ") and "OpenVINO" in nncf_about and "calibrated on 64 images" in nncf_about
+    assert ort_about.startswith("ONNX Runtime quantize_static")
+    assert "than the fastest peer, " in report.verdict
 
 
 def test_the_nncf_peer_file_is_quantized_onnx(report, bundle):  # noqa: F811
@@ -55,7 +58,7 @@ def test_a_missing_nncf_steps_aside_with_a_note(bundle, monkeypatch):  # noqa: F
     rep = run_bench(BenchConfig(bundle=bundle, batch_sizes=(1,), peers=("nncf",), backends=("ort-int8", "ov-int8-nncf"),
                                 output_dir=bundle.parent / "no-nncf", **FAST))
     assert [b.key for b in rep.backends] == ["torch-fp32", "ort-int8"]
-    assert any("NNCF + OpenVINO is not compared" in w and "rescompile[openvino]" in w for w in rep.warnings)
+    assert any("NNCF + OpenVINO is not compared" in w and "pip install 'rescompile[nncf]'" in w for w in rep.warnings)
 
 
 def test_backends_list_selects_the_peers_that_run(bundle):  # noqa: F811
