@@ -41,6 +41,7 @@ from rescompile.stages.export import ExportResult, onnx_from_torch
 from rescompile.stages.optimize import OptimizeResult, optimize_onnx
 from rescompile.versions import library_versions, machine
 from rescompile.stages.build.cpu import measure_cpu_engines
+from rescompile.deploy import write_deploy
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,10 @@ def _write_bundle(
             files["cpu_int8_pixels_onnx"] = calibration.pixels_path
         if calibration.openvino_path is not None:
             files["openvino_int8_onnx"] = calibration.openvino_path
+        if inputs.test is not None and len(inputs.test):
+            from rescompile.deploy.deepstream import record_single_scale
+
+            record_single_scale(optimized.path, inputs.test, model.spec.preprocessing, calibration.accuracy_path)
     if config.precision == Precision.fp16:
         files["fp16_onnx"] = write_fp16(optimized.path, work / FP16_ONNX)
 
@@ -256,6 +261,7 @@ def _write_bundle(
     choice = measure_cpu_engines(files, model.spec)
     if choice is not None:
         doc["cpu_artifact"]["choice"] = choice
+    doc["deploy"] = write_deploy(work, doc, files, name=out.name)
     manifest = write_manifest(work, doc, files)
     return BuildResult(out, manifest, model, export_result, optimized, calibration, files, engine, plan, target)
 
@@ -514,5 +520,6 @@ def build_from_bundle(
             "nvidia": {"tensorrt": target.trt_version, "gpu": target.gpu.to_dict() if target.gpu else None},
             "rebuilt": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
+        doc["deploy"] = write_deploy(manifest.dir, doc, files, name=manifest.dir.name)
         path = write_manifest(manifest.dir, doc, files)
         return RebuildResult(manifest.dir, path, engine, plan, target)

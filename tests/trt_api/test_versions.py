@@ -348,3 +348,24 @@ def _rehash(bundle: Path, read_manifest) -> None:
         entry["sha256"], entry["bytes"] = sha256_file(p), p.stat().st_size
     (bundle / "manifest.json").write_text(json.dumps(doc))
     read_manifest(bundle)
+
+
+def test_from_bundle_rewrites_the_deployment_configs_for_the_engine(bundle, monkeypatch):
+    """After the engine is built on the target, Triton serves it (tensorrt_plan, its profile) and
+    DeepStream loads it instead of building its own."""
+    from rescompile.deploy.deepstream import parse_config
+    from tests.deploy.test_triton import parse
+
+    on(monkeypatch, "10.3.0")
+    assert "onnxruntime_onnx" in next((bundle / "deploy" / "triton").glob("*/config.pbtxt")).read_text()  # before: the CPU artifact
+    rebuild(bundle)
+    doc = json.loads((bundle / "manifest.json").read_text())
+    triton = bundle / doc["deploy"]["triton_config"]
+    cfg = parse(triton)
+    profile = doc["engine_plan"]["profiles"][0]
+    assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == profile["max"][0]
+    assert list(cfg.dynamic_batching.preferred_batch_size) == sorted({profile["opt"][0], profile["max"][0]})
+    assert (triton.parent / "1" / "model.plan").read_bytes() == (bundle / doc["engine"]["path"]).read_bytes()
+    here = bundle / "deploy" / "deepstream"
+    ds = parse_config((here / "config_infer_primary.txt").read_text())
+    assert (here / ds["model-engine-file"]).resolve() == (bundle / doc["engine"]["path"]).resolve()
