@@ -240,13 +240,13 @@ def _auto_cpu_backend(manifest: Manifest) -> tuple[str, str]:
         return "onnxruntime", "the CPU artifact on ONNX Runtime (the build measured no other CPU engine)"
     from rescompile.bench.env import cpu_model
 
-    fastest, p50 = choice["fastest"], choice.get("p50_ms") or {}
-    measured = ", ".join(f"{k} {v} ms" for k, v in p50.items())
+    fastest = choice["fastest"]
+    measured = str(choice.get("why") or "")
     where = "" if choice.get("cpu") in (None, cpu_model()) else f" (measured on {choice['cpu']}, not this CPU)"
     if fastest == "openvino" and can_openvino:
-        return "openvino", f"the build measured OpenVINO faster at batch {choice.get('batch', 1)}: {measured}{where}"
+        return "openvino", f"the build measured OpenVINO faster: {measured}{where}"
     if fastest == "onnxruntime" and (has_module("onnxruntime") or not can_openvino):
-        return "onnxruntime", f"the build measured ONNX Runtime faster at batch {choice.get('batch', 1)}: {measured}{where}"
+        return "onnxruntime", f"the build measured ONNX Runtime faster or a tie: {measured}{where}"
     other = "onnxruntime" if fastest == "openvino" else "openvino"
     return other, f"the build measured {fastest} faster, but it is not installed here"
 
