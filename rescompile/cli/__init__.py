@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from rescompile import __version__
+from rescompile.cli._help import Command, Group
 
-app = typer.Typer(
+
+class _Typer(typer.Typer):
+    """Every subcommand gets the grouped --help of rescompile.cli._help."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     name="rescompile",
+    cls=Group,
     help=(
         "Take a ResNet from PyTorch to a fast INT8 inference engine and prove the speed-up.\n\n"
-        "Run [bold]rescompile build[/bold] with no arguments to compile the embedded default, a ResNet-20 "
-        "shipped trained on the bundled digits images ([bold]--retrain[/bold] trains it from scratch first)."
+        "[bold]rescompile build[/bold] with no arguments loads the ResNet-20 shipped trained on the bundled "
+        "digits images and compiles it; [bold]--retrain[/bold] trains it from scratch first."
     ),
     no_args_is_help=True,
     rich_markup_mode="rich",

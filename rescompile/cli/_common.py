@@ -1,4 +1,4 @@
-"""Shared CLI pieces: consoles, logging, error handling, progress bars, option types."""
+"""Shared CLI pieces: consoles, logging, error handling, progress bars."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rescompile.config import Optimizer, Schedule, TrainConfig
+from rescompile.config import TrainConfig
 from rescompile.errors import RescompileError
 
 out = Console()  # results
@@ -116,35 +115,6 @@ class StepProgress:
     def __exit__(self, *exc: object) -> None:
         if self.tasks:
             self.progress.stop()
-
-
-# -- option types shared by train and compare -------------------------------------------------
-Dataset = Annotated[
-    str, typer.Option("--dataset", "-d", help="digits | cifar10 | an image folder (one sub-folder per class) | a .npy/.npz file.")
-]
-DataDir = Annotated[Path | None, typer.Option(help="cifar10: folder holding cifar-10-batches-py (or -bin).")]
-Download = Annotated[bool, typer.Option(help="cifar10: download into --data-dir if missing (needs network).")]
-Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Images per training step.")]
-Opt = Annotated[Optimizer, typer.Option("--optimizer", case_sensitive=False, help="sgd (momentum) | adam | adamw.")]
-Lr = Annotated[float | None, typer.Option(help="Peak learning rate [default: 0.1 SGD, 1e-3 Adam/AdamW].")]
-Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
-Nesterov = Annotated[bool, typer.Option(help="Nesterov momentum (SGD).")]
-WeightDecay = Annotated[float, typer.Option(help="L2 weight decay on conv/linear weights (not BN or biases).")]
-Sched = Annotated[Schedule, typer.Option("--schedule", case_sensitive=False, help="cosine | step | constant (after warmup).")]
-Milestones = Annotated[str, typer.Option(help="step schedule: fractions of training where the LR drops, comma-separated.")]
-Gamma = Annotated[float, typer.Option(help="step schedule: LR multiplier at each milestone.")]
-Warmup = Annotated[int, typer.Option(min=0, help="Epochs of linear learning-rate warmup.")]
-Smoothing = Annotated[float, typer.Option(help="Label smoothing (0 = off).")]
-Seed = Annotated[int, typer.Option(help="Random seed (weights, shuffling, augmentation).")]
-ZeroInit = Annotated[bool, typer.Option(help="Zero-initialise the last BN gamma of each residual branch.")]
-Augment = Annotated[bool, typer.Option(help="Random shifts (and flips where labels allow).")]
-InputSize = Annotated[int | None, typer.Option(min=8, help="Resize images to this square size [default: the dataset's].")]
-Pretrained = Annotated[bool, typer.Option(help="torchvision archs: start from ImageNet weights (needs network or cache).")]
-MaxTrain = Annotated[int | None, typer.Option(min=1, help="Train on a deterministic subset of this many images.")]
-Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")]
-Threads = Annotated[int | None, typer.Option(min=1, help="PyTorch CPU threads [default: all cores].")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (no table).")]
 
 
 def parse_milestones(text: str) -> tuple[float, ...]:

@@ -9,8 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rescompile.cli import app
-from rescompile.cli._common import Json, StepProgress, guarded, out, print_json
+from rescompile.cli import app, options
+from rescompile.cli._common import StepProgress, guarded, out, print_json
+from rescompile.cli.options import ACCURACY, BENCHMARK, TIMING, Json
 from rescompile.config import BenchConfig
 
 B = BenchConfig()
@@ -68,42 +69,53 @@ def print_report(report) -> None:
 @app.command(
     epilog=(
         "Examples:\n\n"
-        "  rescompile bench                                  (the default build's bundle)\n\n"
+        "  rescompile bench                                              (the default build's bundle)\n\n"
         "  rescompile bench out/resnet18 --batch-sizes 1,8,32 --threads 2\n\n"
         "  rescompile bench out/resnet18 --channels-last --compile --json > bench.json\n\n"
-        "  rescompile bench out/resnet18 --from-pixels --batch-sizes 1        (as an app holding uint8 frames sees it)"
+        "  rescompile bench out/resnet18 --from-pixels --batch-sizes 1   (as a camera app sees it)"
     )
 )
 @guarded
 def bench(
-    bundle: Annotated[Path | None, typer.Argument(help="Bundle directory \\[default: the default build's bundle].", show_default=False)] = None,
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = ",".join(map(str, B.batch_sizes)),
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for PyTorch, ONNX Runtime and OpenVINO \\[default: all cores].")] = None,
-    device: Annotated[str, typer.Option(help="Where PyTorch runs: auto | cpu | cuda.")] = B.device,
-    backends: Annotated[
-        str | None, typer.Option(help="Only these backends, comma-separated: torch-fp32, ort-fp32, ort-int8, ov-int8, trt-int8, trt-fp16, ...")
-    ] = None,
-    channels_last: Annotated[bool, typer.Option(help="Also PyTorch eager in channels_last.")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="Also torch.compile (its compile time is reported apart).")] = False,
-    eval_data: Annotated[str | None, typer.Option(help="Labelled images for top-1 \\[default: the model's own test split].")] = None,
-    max_eval_images: Annotated[int, typer.Option(min=1, help="At most this many images for accuracy.")] = B.max_eval_images,
-    warmup_s: Annotated[float, typer.Option(min=0.0, help="Untimed warmup per measurement, seconds.")] = B.warmup_s,
-    min_runs: Annotated[int, typer.Option(min=1, help="Timed runs per measurement, at least.")] = B.min_runs,
-    max_s: Annotated[float, typer.Option(min=0.0, help="Stop sampling after this long once --min-runs are in.")] = B.max_s,
-    rounds: Annotated[int, typer.Option(min=1, help="Backends take turns this many times, in alternating order (samples pooled).")] = B.rounds,
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Report folder \\[default: <bundle>/bench].")] = None,
-    peers: Annotated[str, typer.Option(
-        help="Other tools' INT8 of the same model, measured beside rescompile's CPU INT8: ort (ONNX Runtime quantize_static), "
-        "nncf (NNCF quantize, run on OpenVINO; pip install 'rescompile\\[nncf]'), both as ort,nncf, or none. "
-        "A peer whose package is not installed steps aside with a note.",
-    )] = ",".join(B.peers),
+    bundle: Annotated[Path | None, typer.Argument(metavar="BUNDLE", help="Bundle folder to measure.", show_default="the default build's bundle")] = None,
+    batch_sizes: Annotated[str, typer.Option(
+        metavar="<list>", help="Comma-separated batch sizes.", rich_help_panel=BENCHMARK,
+    )] = ",".join(map(str, B.batch_sizes)),
+    backends: Annotated[str | None, typer.Option(
+        metavar="<list>", help="Only these backends, comma-separated: torch-fp32, ort-int8, trt-int8 and so on.",
+        show_default="every one that runs here", rich_help_panel=BENCHMARK,
+    )] = None,
+    threads: Annotated[int | None, options.threads(BENCHMARK)] = None,
+    device: Annotated[str, options.device(BENCHMARK)] = B.device,
     from_pixels: Annotated[bool, typer.Option(
-        "--from-pixels", help="Time every backend from uint8 pixels (float-input ones normalise them inside the timed call) and add "
-        "the pixel-input CPU artifact: latency as an app holding camera frames sees it.",
+        "--from-pixels", help="Time every backend from uint8 pixels, as an app holding camera frames sees it.", rich_help_panel=BENCHMARK,
     )] = False,
+    peers: Annotated[str, typer.Option(
+        metavar="<list>", help="Other tools' INT8 to time beside rescompile's (ort, nncf, or none); missing ones are skipped.",
+        rich_help_panel=BENCHMARK,
+    )] = ",".join(B.peers),
+    channels_last: Annotated[bool, typer.Option(help="Also time PyTorch eager in channels_last.", rich_help_panel=BENCHMARK)] = False,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="Also time torch.compile; its compile time is reported apart.", rich_help_panel=BENCHMARK,
+    )] = False,
+    warmup_s: Annotated[float, typer.Option(
+        min=0.0, metavar="<s>", help="Untimed warmup per measurement, in seconds.", rich_help_panel=TIMING,
+    )] = B.warmup_s,
+    min_runs: Annotated[int, typer.Option(min=1, metavar="<n>", help="Timed runs per measurement, at least.", rich_help_panel=TIMING)] = B.min_runs,
+    max_s: Annotated[float, typer.Option(
+        min=0.0, metavar="<s>", help="Stop sampling after this many seconds once --min-runs are in.", rich_help_panel=TIMING,
+    )] = B.max_s,
+    rounds: Annotated[int, typer.Option(
+        min=1, metavar="<n>", help="Times the backends take turns, in alternating order, samples pooled.", rich_help_panel=TIMING,
+    )] = B.rounds,
+    eval_data: Annotated[str | None, options.eval_data(ACCURACY)] = None,
+    max_eval_images: Annotated[int, typer.Option(
+        min=1, metavar="<n>", help="At most this many images for accuracy.", rich_help_panel=ACCURACY,
+    )] = B.max_eval_images,
+    output_dir: Annotated[Path | None, options.output_dir("<bundle>/bench")] = None,
     json_out: Json = False,
 ) -> None:
-    """Latency and accuracy of every backend a bundle can run here, against FP32 PyTorch eager."""
+    """Latency and accuracy of every backend a bundle can run here, against FP32 PyTorch."""
     from rescompile.bench import run_bench
     from rescompile.config import DataConfig
 

@@ -9,22 +9,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rescompile.cli import app
-from rescompile.cli._common import Json, StepProgress, TrainProgress, err, guarded, out, print_json
-from rescompile.cli.calibrate import (
-    C, CalibBatch, CalibData, DataDirOpt, EvalData, Fallback, MaxDrop, Method, NumImages, Percentile, Sensitivity, TrtVersion,
-    calib_config, data_config, print_calibration,
+from rescompile.cli import app, options
+from rescompile.cli._common import StepProgress, TrainProgress, err, guarded, out, print_json
+from rescompile.cli._prep import DataFormat, preprocessing_override
+from rescompile.cli.calibrate import C, calib_config, data_config, print_calibration
+from rescompile.cli.options import (
+    ENGINE, MODEL, MODEL_HELP, OUTPUT, Arch, CalibBatch, CalibData, CenterCrop, DataDir, EvalData, Fallback, Format, Json, MaxDrop,
+    Mean, Method, ModelInputSize, NumClasses, NumImages, Order, Percentile, Resize, Scale, Sensitivity, Std, TrtVersion,
+    TrustCheckpoint,
 )
-from rescompile.cli._prep import (
-    CropOpt, DataFormat, FormatOpt, MeanOpt, OrderOpt, ResizeOpt, ScaleOpt, StdOpt, preprocessing_override,
-)
-from rescompile.cli.export import ArchOpt, ClassesOpt, SizeOpt, TrustOpt
 from rescompile.config import EngineConfig, HardwareCompat, Int8Source, Precision
 from rescompile.errors import ConfigError
 
-MinBatch = Annotated[int, typer.Option(min=1, help="Engine optimization profile: smallest batch.")]
-OptBatch = Annotated[int, typer.Option(min=1, help="Engine optimization profile: the batch kernels are tuned for.")]
-MaxBatch = Annotated[int, typer.Option(min=1, help="Engine optimization profile: largest batch.")]
 E = EngineConfig()
 
 
@@ -36,84 +32,85 @@ def engine_config(**kw) -> EngineConfig:
 @app.command(
     epilog=(
         "Examples:\n\n"
-        "  rescompile build                                (the embedded default: ResNet-20 on digits, INT8)\n\n"
-        "  rescompile build --retrain                      (the same, trained from scratch first)\n\n"
+        "  rescompile build                              (the embedded default: ResNet-20 on digits, INT8)\n\n"
+        "  rescompile build --retrain                    (the same, trained from scratch first)\n\n"
         "  rescompile build runs/resnet20-digits/best.pt -o out/resnet20 --precision int8\n\n"
         "  rescompile build model.onnx --calib-data images/ --max-batch 64 -o out/model\n\n"
-        "  rescompile build --from-bundle out/resnet20     (on the Jetson: rebuild the engine, no PyTorch)"
+        "  rescompile build --from-bundle out/resnet20   (on the Jetson: rebuild the engine, no PyTorch)"
     )
 )
 @guarded
 def build(
-    model: Annotated[
-        str | None,
-        typer.Argument(help="Name, checkpoint, TorchScript or ONNX file [default: the embedded ResNet-20 on digits].", show_default=False),
-    ] = None,
-    output_dir: Annotated[
-        Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Bundle directory [default: <home>/builds/<model>].")
-    ] = None,
-    precision: Annotated[
-        Precision | None,
-        typer.Option(
-            case_sensitive=False,
-            help="fp32 | fp16 | int8 (calibrated; FP16 fallback) | best (int8 + fp16) [default: int8; with --from-bundle: the bundle's].",
-            show_default=False,
-        ),
-    ] = None,
-    from_bundle: Annotated[
-        Path | None,
-        typer.Option(file_okay=False, help="Rebuild the TensorRT engine of an existing bundle here (Jetson), from its Q/DQ ONNX or cache."),
-    ] = None,
+    model: Annotated[str | None, typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default="the embedded ResNet-20 trained on digits")] = None,
+    from_bundle: Annotated[Path | None, typer.Option(
+        file_okay=False, metavar="<dir>", help="Rebuild the TensorRT engine of an existing bundle on this machine.", rich_help_panel=MODEL,
+    )] = None,
+    retrain: Annotated[bool, typer.Option(
+        help="Train the default ResNet-20 from scratch instead of loading it.", rich_help_panel=MODEL,
+    )] = False,
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    input_size: ModelInputSize = None,
+    trust_checkpoint: TrustCheckpoint = False,
+    fp32_reference: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, metavar="<file>", help="For an already quantized MODEL: the FP32 ONNX it came from.",
+        show_default="its own Q/DQ-stripped graph", rich_help_panel=MODEL,
+    )] = None,
+    output_dir: Annotated[Path | None, options.output_dir("<home>/builds/<model>")] = None,
+    precision: Annotated[Precision | None, typer.Option(
+        case_sensitive=False, metavar="<precision>", help="fp32, fp16, int8 (calibrated) or best (int8 + fp16).",
+        show_default="int8; with --from-bundle, the bundle's", rich_help_panel=OUTPUT,
+    )] = None,
+    bench: Annotated[bool, typer.Option(help="End with a quick benchmark against FP32 PyTorch.", rich_help_panel=OUTPUT)] = True,
     calib_data: CalibData = None,
-    data_dir: DataDirOpt = None,
     eval_data: EvalData = None,
-    num_images: NumImages = C.num_images,
+    data_dir: DataDir = None,
+    data_format: Format = DataFormat.auto,
+    mean: Mean = None,
+    std: Std = None,
+    scale: Scale = None,
+    resize: Resize = None,
+    center_crop: CenterCrop = None,
+    channel_order: Order = None,
     method: Method = C.method,
+    num_images: NumImages = C.num_images,
+    max_accuracy_drop: MaxDrop = None,
+    fallback: Fallback = True,
     percentile: Percentile = C.percentile,
     batch_size: CalibBatch = C.batch_size,
-    trt_version: TrtVersion = C.trt_version,
-    max_accuracy_drop: MaxDrop = None,
     sensitivity: Sensitivity = False,
-    fallback: Fallback = True,
-    fp32_reference: Annotated[
-        Path | None,
-        typer.Option(exists=True, dir_okay=False, help="MODEL already quantized (Q/DQ): the FP32 ONNX it came from, to measure its accuracy "
-                     "against [default: its own Q/DQ-stripped graph, which says nothing about the quantization loss]."),
-    ] = None,
-    int8_source: Annotated[
-        Int8Source, typer.Option(case_sensitive=False, help="TensorRT 10: qdq (explicit, default) or cache (implicit INT8 from calibration.cache).")
-    ] = E.int8_source,
-    min_batch: MinBatch = E.min_batch,
-    opt_batch: OptBatch = E.opt_batch,
-    max_batch: MaxBatch = E.max_batch,
-    workspace_mib: Annotated[int | None, typer.Option(min=1, help="Builder workspace limit in MiB [default: TensorRT's].")] = None,
-    opt_level: Annotated[int | None, typer.Option(min=0, max=5, help="Builder optimization level 0-5 [default: TensorRT's, 3].")] = None,
-    timing_cache: Annotated[Path | None, typer.Option(dir_okay=False, help="Timing cache to load and save [default: timing.cache in the bundle].")] = None,
-    dla_core: Annotated[int | None, typer.Option(min=0, help="Jetson: run on this DLA core (FP16/INT8).")] = None,
-    gpu_fallback: Annotated[bool, typer.Option(help="DLA: layers it cannot run go to the GPU.")] = E.gpu_fallback,
-    hardware_compat: Annotated[
-        HardwareCompat, typer.Option(case_sensitive=False, help="none | ampere+ (any sm >= 80) | same-cc (any GPU of this compute capability).")
-    ] = E.hardware_compatibility,
-    version_compatible: Annotated[bool, typer.Option(help="Engine runs on later TensorRT releases of the same major version.")] = False,
-    bench: Annotated[bool, typer.Option(help="End with a quick benchmark against FP32 PyTorch (batch 1 and 8).")] = True,
-    retrain: Annotated[
-        bool, typer.Option(help="No MODEL: train the default ResNet-20 on digits from scratch instead of using the embedded weights.")
-    ] = False,
-    trust_checkpoint: TrustOpt = False,
-    arch: ArchOpt = None,
-    num_classes: ClassesOpt = None,
-    input_size: SizeOpt = None,
-    data_format: FormatOpt = DataFormat.auto,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    scale: ScaleOpt = None,
-    resize: ResizeOpt = None,
-    center_crop: CropOpt = None,
-    channel_order: OrderOpt = None,
+    trt_version: TrtVersion = C.trt_version,
+    max_batch: Annotated[int, typer.Option(min=1, metavar="<n>", help="Largest batch the engine takes.", rich_help_panel=ENGINE)] = E.max_batch,
+    opt_batch: Annotated[int, typer.Option(min=1, metavar="<n>", help="Batch the engine's kernels are tuned for.", rich_help_panel=ENGINE)] = E.opt_batch,
+    min_batch: Annotated[int, typer.Option(min=1, metavar="<n>", help="Smallest batch the engine takes.", rich_help_panel=ENGINE)] = E.min_batch,
+    int8_source: Annotated[Int8Source, typer.Option(
+        case_sensitive=False, metavar="<source>", help="TensorRT 10 INT8 from the Q/DQ ONNX (auto, qdq) or from calibration.cache (cache).",
+        rich_help_panel=ENGINE,
+    )] = E.int8_source,
+    workspace_mib: Annotated[int | None, typer.Option(
+        min=1, metavar="<MiB>", help="Builder workspace limit.", show_default="TensorRT's", rich_help_panel=ENGINE,
+    )] = None,
+    opt_level: Annotated[int | None, typer.Option(
+        min=0, max=5, metavar="<0-5>", help="Builder optimization level.", show_default="TensorRT's, 3", rich_help_panel=ENGINE,
+    )] = None,
+    timing_cache: Annotated[Path | None, typer.Option(
+        dir_okay=False, metavar="<file>", help="Timing cache to load and save.", show_default="<bundle>/timing.cache",
+        rich_help_panel=ENGINE,
+    )] = None,
+    dla_core: Annotated[int | None, typer.Option(
+        min=0, metavar="<n>", help="Jetson: run on this DLA core, in FP16 or INT8.", rich_help_panel=ENGINE,
+    )] = None,
+    gpu_fallback: Annotated[bool, typer.Option(help="DLA: layers it cannot run go to the GPU.", rich_help_panel=ENGINE)] = E.gpu_fallback,
+    hardware_compat: Annotated[HardwareCompat, typer.Option(
+        case_sensitive=False, metavar="<mode>", help="GPUs the engine runs on: none (like this one), ampere+ or same-cc.",
+        rich_help_panel=ENGINE,
+    )] = E.hardware_compatibility,
+    version_compatible: Annotated[bool, typer.Option(
+        help="Engine also runs on later TensorRT releases of this major version.", rich_help_panel=ENGINE,
+    )] = False,
     json_out: Json = False,
 ) -> None:
-    """Compile a model into a bundle: export -> optimize -> INT8 calibration -> TensorRT engine
-    (or the CPU artifact where there is no NVIDIA GPU), with a manifest."""
+    """Compile a model into a bundle: INT8 ONNX, TensorRT engine (or CPU INT8), manifest."""
     from rescompile.config import BuildConfig
 
     engine = engine_config(

@@ -9,33 +9,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rescompile.cli import app
-from rescompile.cli._common import Json, StepProgress, err, guarded, out, print_json
-from rescompile.cli._prep import (
-    CropOpt, DataFormat, FormatOpt, MeanOpt, OrderOpt, ResizeOpt, ScaleOpt, StdOpt, preprocessing_override,
+from rescompile.cli import app, options
+from rescompile.cli._common import StepProgress, err, guarded, out, print_json
+from rescompile.cli._prep import DataFormat, preprocessing_override
+from rescompile.cli.options import (
+    CALIBRATION, OUTPUT, Arch, CalibBatch, CalibData, CenterCrop, DataDir, EvalData, Fallback, Format, Json, MaxDrop, Mean,
+    Method, ModelArg, ModelInputSize, NumClasses, NumImages, Order, Percentile, Resize, Scale, Sensitivity, Std, TrtVersion,
+    TrustCheckpoint,
 )
-from rescompile.cli.export import ArchOpt, ClassesOpt, ModelArg, SizeOpt, TrustOpt
-from rescompile.config import CalibConfig, CalibMethod, DataConfig
+from rescompile.config import CalibConfig, DataConfig
 
 C = CalibConfig()
-
-CalibData = Annotated[
-    str | None,
-    typer.Option("--data", "--calib-data", help="Calibration images: an image folder, digits, cifar10 or .npy/.npz [default: the model's own training data, when known]."),
-]
-EvalData = Annotated[str | None, typer.Option("--eval-data", help="Labelled images for the accuracy check [default: the test split of the model's data].")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="cifar10: folder holding cifar-10-batches-py.")]
-NumImages = Annotated[int, typer.Option(min=1, help="Calibration images to sample (TensorRT advises >= 500 for CNNs).")]
-Method = Annotated[CalibMethod, typer.Option("--method", case_sensitive=False, help="entropy (TensorRT's) | max | percentile | mse | auto (try all on held-out data).")]
-Percentile = Annotated[float, typer.Option(min=50.0, max=100.0, help="percentile calibrator: 99.9, 99.99, 99.999, ...")]
-CalibBatch = Annotated[int, typer.Option(min=1, help="Images per calibration batch (bounds memory).")]
-TrtVersion = Annotated[str, typer.Option(help="TensorRT version the calibration cache is written for (JetPack 6: 10.3.0).")]
-MaxDrop = Annotated[float | None, typer.Option(min=0.0, help="Leave the most sensitive layers in float until the top-1 drop is within this many points.")]
-Sensitivity = Annotated[bool, typer.Option(help="Report the accuracy effect of quantizing each Conv alone.")]
-Fallback = Annotated[bool, typer.Option(
-    "--fallback/--no-fallback",
-    help="Safety net: when INT8 drops more than 1 point or agrees with FP32 on < 98% of images, try the other calibrators, "
-         "then float layers, else stop. --no-fallback keeps --method as it is.")]
 
 
 def calib_config(num_images, method, percentile, batch_size, trt_version, max_accuracy_drop, sensitivity, fallback=True) -> CalibConfig:
@@ -50,7 +34,7 @@ def data_config(name: str | None, data_dir: Path | None, data_format: DataFormat
 
 
 def accuracy_table(acc: dict, title: str) -> Table:
-    table = Table(title=title, caption="reference Q/DQ = what TensorRT computes; ORT = ONNX Runtime as deployed")
+    table = Table(title=title, caption="reference Q/DQ = what TensorRT computes; ORT, OpenVINO = as deployed")
     for col in ("model", "judged by", "top-1", "drop (pts)", "agreement", "cosine"):
         table.add_column(col, justify="right", no_wrap=True)
     rows = [("FP32", "ORT", acc["fp32"]), ("INT8 Q/DQ TensorRT", "reference Q/DQ", acc["int8_tensorrt_reference"]),
@@ -59,6 +43,9 @@ def accuracy_table(acc: dict, title: str) -> Table:
         rows.insert(1, ("INT8 as given", "reference Q/DQ", acc["int8_given_reference"]))
     if acc.get("int8_cpu_pixels_onnxruntime"):
         rows.append(("INT8 CPU artifact, pixels in", "ORT", acc["int8_cpu_pixels_onnxruntime"]))
+    ov = acc.get("int8_openvino")
+    if ov and ov.get("written", True) and "top1_agreement" in ov:
+        rows.append(("INT8 OpenVINO form", "OpenVINO" if ov.get("runtime") == "openvino" else "ORT", ov))
     for name, runtime, r in rows:
         top1 = "-" if r["top1"] is None else f"{r['top1']:.2%}"
         drop = "-" if r.get("drop_points") is None else f"{r['drop_points']:+.2f}"
@@ -132,35 +119,45 @@ def print_calibration(cal, full_report: bool = False) -> None:
 @guarded
 def calibrate(
     model: ModelArg,
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", file_okay=False, help="Where the INT8 artifacts go.")],
+    output_dir: Annotated[Path, options.output_dir()],
     data: CalibData = None,
-    data_dir: DataDirOpt = None,
     eval_data: EvalData = None,
-    num_images: NumImages = C.num_images,
+    data_dir: DataDir = None,
+    data_format: Format = DataFormat.auto,
+    mean: Mean = None,
+    std: Std = None,
+    scale: Scale = None,
+    resize: Resize = None,
+    center_crop: CenterCrop = None,
+    channel_order: Order = None,
     method: Method = C.method,
+    num_images: NumImages = C.num_images,
+    max_accuracy_drop: MaxDrop = None,
+    fallback: Fallback = True,
     percentile: Percentile = C.percentile,
     batch_size: CalibBatch = C.batch_size,
-    trt_version: TrtVersion = C.trt_version,
-    from_cache: Annotated[Path | None, typer.Option(help="Import scales from an existing TensorRT calibration cache instead of calibrating.")] = None,
-    from_scales: Annotated[Path | None, typer.Option(help="Import scales from the scales.json of an earlier calibration instead of calibrating.")] = None,
-    max_accuracy_drop: MaxDrop = None,
     sensitivity: Sensitivity = False,
-    fallback: Fallback = True,
-    report: Annotated[bool, typer.Option("--report", help="Print every activation tensor: range, amax, share clipped, each calibrator's amax.")] = False,
-    trust_checkpoint: TrustOpt = False,
-    arch: ArchOpt = None,
-    num_classes: ClassesOpt = None,
-    input_size: SizeOpt = None,
-    data_format: FormatOpt = DataFormat.auto,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    scale: ScaleOpt = None,
-    resize: ResizeOpt = None,
-    center_crop: CropOpt = None,
-    channel_order: OrderOpt = None,
+    trt_version: TrtVersion = C.trt_version,
+    from_cache: Annotated[Path | None, typer.Option(
+        metavar="<file>", help="Take the scales from a TensorRT calibration cache instead of calibrating.", rich_help_panel=CALIBRATION,
+    )] = None,
+    from_scales: Annotated[Path | None, typer.Option(
+        metavar="<file>", help="Take the scales from an earlier calibration's scales.json instead of calibrating.",
+        rich_help_panel=CALIBRATION,
+    )] = None,
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    input_size: ModelInputSize = None,
+    trust_checkpoint: TrustCheckpoint = False,
+    report: Annotated[bool, typer.Option(
+        "--report", help="List every activation tensor: its range, amax and share clipped.", rich_help_panel=OUTPUT,
+    )] = False,
     json_out: Json = False,
 ) -> None:
-    """Calibrate INT8 on real images: Q/DQ ONNX + TensorRT cache + CPU INT8 model from one set of scales."""
+    """Calibrate INT8 on real images into Q/DQ ONNX, TensorRT cache and CPU INT8 model.
+
+    All three come from one set of scales.
+    """
     from rescompile.models.load import load_model
     from rescompile.pipeline import calibrate_into, int8_inputs
     from rescompile.stages.calibrate.prequant import refuse_quantized

@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from rescompile.cli import app
-from rescompile.cli._common import (
-    Augment, BatchSize, DataDir, Dataset, Device, Download, Epochs, Gamma, InputSize, Json, Lr, MaxTrain,
-    Milestones, Momentum, Nesterov, Opt, Sched, Seed, Smoothing, Threads, TrainProgress, Warmup, WeightDecay,
-    err, guarded, out, print_json, train_config,
+from rescompile.cli import app, options
+from rescompile.cli._common import TrainProgress, err, guarded, out, print_json, train_config
+from rescompile.cli.options import (
+    TRAINING, Augment, BatchSize, DataDir, Dataset, Download, Epochs, Gamma, Json, Lr, MaxTrain, Milestones, Momentum,
+    Nesterov, Opt, Sched, Seed, Smoothing, TrainInputSize, Warmup, WeightDecay,
 )
 from rescompile.config import Optimizer, Schedule, TrainConfig
 
@@ -28,12 +28,20 @@ D = TrainConfig()
 )
 @guarded
 def compare(
-    archs: Annotated[list[str] | None, typer.Argument(help="Architectures to compare [default: resnet30 plain30].", show_default=False)] = None,
+    archs: Annotated[
+        list[str] | None, typer.Argument(metavar="ARCHS", help="Architectures to compare.", show_default="resnet30 plain30")
+    ] = None,
     dataset: Dataset = D.data.dataset,
     data_dir: DataDir = None,
     download: Download = False,
+    input_size: TrainInputSize = None,
+    augment: Augment = True,
+    max_train_images: MaxTrain = None,
     epochs: Epochs = 10,
     batch_size: BatchSize = D.batch_size,
+    seed: Seed = D.seed,
+    device: Annotated[str, options.device(TRAINING)] = D.device,
+    threads: Annotated[int | None, options.threads(TRAINING)] = None,
     optimizer: Opt = Optimizer.sgd,
     lr: Lr = None,
     momentum: Momentum = D.momentum,
@@ -44,26 +52,20 @@ def compare(
     gamma: Gamma = D.gamma,
     warmup_epochs: Warmup = D.warmup_epochs,
     label_smoothing: Smoothing = D.label_smoothing,
-    seed: Seed = D.seed,
-    augment: Augment = True,
-    input_size: InputSize = None,
-    max_train_images: MaxTrain = None,
-    device: Device = D.device,
-    threads: Threads = None,
-    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Where runs and the plot go.")] = None,
+    output_dir: Annotated[Path | None, options.output_dir("<home>/runs/compare-<archs>")] = None,
     json_out: Json = False,
 ) -> None:
-    """Train several architectures with the same data, recipe and seed; compare their accuracy.
+    """Train several architectures on one data set, recipe and seed; compare their accuracy.
 
     The default pair is the classic residual-vs-plain comparison of He et al. (2016):
     ResNet-30 and the same network without skip connections.
     """
-    options = {k: v for k, v in locals().items() if k not in ("archs", "json_out")}
+    recipe = {k: v for k, v in locals().items() if k not in ("archs", "json_out")}
     from rescompile.compare import DEFAULT_PAIR, compare_architectures, plot_curves
     from rescompile.errors import MissingDependencyError
 
     names = list(archs or DEFAULT_PAIR)
-    config = train_config(arch=names[0], **options)
+    config = train_config(arch=names[0], **recipe)
     result = compare_architectures(names, config, None if json_out else TrainProgress)
     plot = None
     try:

@@ -6,13 +6,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from rescompile.cli import app
-from rescompile.cli._common import Json, guarded, out, print_json
+from rescompile.cli._common import guarded, out, print_json
+from rescompile.cli.options import Json
 
 
 @app.command(epilog="Examples:\n\n  rescompile doctor\n\n  rescompile doctor --json")
 @guarded
 def doctor(json_out: Json = False) -> None:
-    """What this machine can do: Python, PyTorch, GPU/CUDA, TensorRT and its INT8 paths, ONNX Runtime, Jetson."""
+    """What this machine can do: Python, PyTorch, CUDA, TensorRT INT8, ONNX Runtime, Jetson."""
     from rescompile.doctor import capabilities, checks
 
     found = checks()

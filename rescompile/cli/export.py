@@ -8,20 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from rescompile.cli import app
-from rescompile.cli._common import Json, guarded, out, print_json
+from rescompile.cli import app, options
+from rescompile.cli._common import guarded, out, print_json
+from rescompile.cli.options import ONNX, Arch, Check, Json, ModelArg, ModelInputSize, NumClasses, Simplify, TrustCheckpoint
 from rescompile.config import ExportConfig
 
 E = ExportConfig()
-ModelArg = Annotated[
-    str, typer.Argument(help="Architecture name, checkpoint (.pt/.pth), TorchScript file, or ONNX file.", show_default=False)
-]
-ArchOpt = Annotated[str | None, typer.Option("--arch", "-a", help="Architecture of a plain state-dict checkpoint.")]
-ClassesOpt = Annotated[int | None, typer.Option(min=1, help="Number of classes, when the file does not say.")]
-SizeOpt = Annotated[int | None, typer.Option(min=8, help="Input size, when the file does not say.")]
-TrustOpt = Annotated[
-    bool, typer.Option(help="Allow full unpickling of the checkpoint (runs code from the file: only for files you trust).")
-]
 
 
 @app.command(
@@ -35,17 +27,20 @@ TrustOpt = Annotated[
 @guarded
 def export(
     model: ModelArg,
-    output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="ONNX file to write.")],
-    opset: Annotated[int, typer.Option(min=17, help="ONNX opset.")] = E.opset,
-    simplify: Annotated[bool, typer.Option(help="Simplify with onnxsim.")] = E.simplify,
-    check: Annotated[bool, typer.Option(help="Check ONNX Runtime against PyTorch.")] = E.check,
-    arch: ArchOpt = None,
-    num_classes: ClassesOpt = None,
-    input_size: SizeOpt = None,
-    trust_checkpoint: TrustOpt = False,
+    output: Annotated[Path, options.output_file()],
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    input_size: ModelInputSize = None,
+    trust_checkpoint: TrustCheckpoint = False,
+    opset: Annotated[int, typer.Option(min=17, metavar="<n>", help="ONNX opset to export with.", rich_help_panel=ONNX)] = E.opset,
+    simplify: Simplify = E.simplify,
+    check: Check = E.check,
     json_out: Json = False,
 ) -> None:
-    """Export a model to ONNX (dynamic batch, preprocessing in metadata), simplify it, check it."""
+    """Export a model to ONNX with a dynamic batch and its preprocessing in the metadata.
+
+    The graph is simplified with onnxsim and checked against the model with ONNX Runtime.
+    """
     from rescompile.errors import ConfigError
     from rescompile.models.load import load_model
     from rescompile.stages.export import onnx_from_torch

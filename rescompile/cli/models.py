@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 
 from rescompile.cli import app
-from rescompile.cli._common import Json, out, print_json
+from rescompile.cli._common import out, print_json
+from rescompile.cli.options import Json
 
 
 @app.command(epilog="Example:\n\n  rescompile models")

@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from rescompile.cli import app
-from rescompile.cli._common import Json, err, guarded, out, print_json
+from rescompile.cli import app, options
+from rescompile.cli._common import err, guarded, out, print_json
 from rescompile.cli._report import fusion_table, totals_line
+from rescompile.cli.options import Check, Json, Simplify
 
-OnnxArg = Annotated[Path, typer.Argument(help="ONNX classifier to read (never modified).", show_default=False)]
+OnnxArg = Annotated[Path, typer.Argument(metavar="MODEL", help="ONNX classifier to read (never modified).", show_default=False)]
 
 
 @app.command(
@@ -25,9 +26,9 @@ OnnxArg = Annotated[Path, typer.Argument(help="ONNX classifier to read (never mo
 @guarded
 def optimize(
     model: OnnxArg,
-    output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="Optimized ONNX file to write.")],
-    check: Annotated[bool, typer.Option(help="Check ONNX Runtime outputs before vs after.")] = True,
-    simplify: Annotated[bool, typer.Option(help="Constant folding and shape inference with onnxsim.")] = True,
+    output: Annotated[Path, options.output_file()],
+    simplify: Simplify = True,
+    check: Check = True,
     json_out: Json = False,
 ) -> None:
     """Fold BatchNorm, remove no-ops, and put residual blocks into the shape TensorRT fuses."""

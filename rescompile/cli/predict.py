@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from rescompile.cli import app
-from rescompile.cli._common import Json, guarded, out, print_json
+from rescompile.cli import app, options
+from rescompile.cli._common import guarded, out, print_json
+from rescompile.cli.options import Json
 from rescompile.config import default_bundle_dir
 from rescompile.errors import ConfigError, DataError
 
@@ -42,17 +43,23 @@ def image_files(paths: list[Path]) -> list[Path]:
 )
 @guarded
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files, or folders of them.", show_default=False)],
-    bundle: Annotated[
-        str | None,
-        typer.Option("--bundle", "-b", help="Bundle directory, .engine, .onnx or checkpoint [default: the default build's bundle]."),
-    ] = None,
-    top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 3,
-    backend: Annotated[str | None, typer.Option(help="onnxruntime | openvino | tensorrt | torch [default: TensorRT when it can run, else the CPU engine the build measured faster].")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for ONNX Runtime / PyTorch.")] = None,
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files, or folders of them.", show_default=False)],
+    bundle: Annotated[str | None, typer.Option(
+        "--bundle", "-b", metavar="<bundle>", help="Bundle folder, .engine, .onnx or checkpoint to classify with.",
+        show_default="the default build's bundle",
+    )] = None,
+    top_k: Annotated[int, typer.Option(min=1, metavar="<k>", help="Classes to show per image.")] = 3,
+    backend: Annotated[str | None, typer.Option(
+        metavar="<name>", help="onnxruntime, openvino, tensorrt or torch.",
+        show_default="TensorRT where it runs, else the CPU engine the build found faster",
+    )] = None,
+    threads: Annotated[int | None, options.threads()] = None,
     json_out: Json = False,
 ) -> None:
-    """Classify images with a bundle (or engine, ONNX file, checkpoint) through rescompile's runtime."""
+    """Classify images with a bundle, engine, ONNX file or checkpoint.
+
+    The images go through rescompile's runtime, as an application's would.
+    """
     from rescompile import runtime
 
     files = image_files(images)

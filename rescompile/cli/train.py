@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from rescompile.cli import app
-from rescompile.cli._common import (
-    Augment, BatchSize, DataDir, Dataset, Device, Download, Epochs, Gamma, InputSize, Json, Lr, MaxTrain,
-    Milestones, Momentum, Nesterov, Opt, Pretrained, Sched, Seed, Smoothing, Threads, TrainProgress, Warmup,
-    WeightDecay, ZeroInit, err, guarded, out, print_json, train_config,
+from rescompile.cli import app, options
+from rescompile.cli._common import TrainProgress, err, guarded, out, print_json, train_config
+from rescompile.cli.options import (
+    MODEL, TRAINING, Augment, BatchSize, DataDir, Dataset, Download, Epochs, Gamma, Json, Lr, MaxTrain, Milestones,
+    Momentum, Nesterov, Opt, Pretrained, Sched, Seed, Smoothing, TrainInputSize, Warmup, WeightDecay, ZeroInit,
 )
 from rescompile.config import Optimizer, Schedule, TrainConfig
 
@@ -29,12 +29,22 @@ D = TrainConfig()
 )
 @guarded
 def train(
-    arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture (see 'rescompile models').")] = D.arch,
+    arch: Annotated[
+        str, typer.Option("--arch", "-a", metavar="<name>", help="Architecture to train; rescompile models lists them.", rich_help_panel=MODEL)
+    ] = D.arch,
+    pretrained: Pretrained = False,
+    zero_init_residual: ZeroInit = D.zero_init_residual,
     dataset: Dataset = D.data.dataset,
     data_dir: DataDir = None,
     download: Download = False,
+    input_size: TrainInputSize = None,
+    augment: Augment = True,
+    max_train_images: MaxTrain = None,
     epochs: Epochs = D.epochs,
     batch_size: BatchSize = D.batch_size,
+    seed: Seed = D.seed,
+    device: Annotated[str, options.device(TRAINING)] = D.device,
+    threads: Annotated[int | None, options.threads(TRAINING)] = None,
     optimizer: Opt = Optimizer.sgd,
     lr: Lr = None,
     momentum: Momentum = D.momentum,
@@ -45,20 +55,10 @@ def train(
     gamma: Gamma = D.gamma,
     warmup_epochs: Warmup = D.warmup_epochs,
     label_smoothing: Smoothing = D.label_smoothing,
-    seed: Seed = D.seed,
-    zero_init_residual: ZeroInit = D.zero_init_residual,
-    augment: Augment = True,
-    input_size: InputSize = None,
-    pretrained: Pretrained = False,
-    max_train_images: MaxTrain = None,
-    device: Device = D.device,
-    threads: Threads = None,
-    output_dir: Annotated[
-        Path | None, typer.Option("--output-dir", "-o", file_okay=False, help="Where best.pt/last.pt go [default: <home>/runs/<arch>-<dataset>].")
-    ] = None,
+    output_dir: Annotated[Path | None, options.output_dir("<home>/runs/<arch>-<dataset>")] = None,
     json_out: Json = False,
 ) -> None:
-    """Train a ResNet and keep the best checkpoint (with its architecture and preprocessing)."""
+    """Train a ResNet; keep the best checkpoint with its architecture and preprocessing."""
     config = train_config(**{k: v for k, v in locals().items() if k != "json_out"})
     from rescompile.train import train as run_train
 
