@@ -288,7 +288,7 @@ def calibrate(
     lint = lint_qdq(qdq, float_layers=float_layers)
 
     pixels = pixel_input_model(cpu, fp32, spec.preprocessing, reduce_range=reduce_range)
-    openvino: onnx.ModelProto | None = qdq_for_openvino(fp32, amax, tmin, float_layers)
+    openvino: onnx.ModelProto | None = qdq_for_openvino(fp32, amax, tmin, float_layers, reduce_range=reduce_range)
     accuracy: dict[str, Any] = {"evaluated": evaluate is not None}
     if evaluate is not None:
         progress("accuracy check", 0, 4)

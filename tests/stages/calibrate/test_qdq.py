@@ -214,11 +214,13 @@ def test_cpu_artifact_of_a_cifar_resnet_has_no_layout_flips(r20, r20_stats, tmp_
 
 def test_openvino_form_is_symmetric_with_float_biases_and_tracks_fp32(r20, r20_stats, digits):
     """The OpenVINO form: the CPU artifact's placement (one Q/DQ per activation, ReLUs folded), signed
-    tensors int8 around 0 instead of uint8 around 128, 8-bit weights, biases left in float."""
+    tensors int8 around 0 instead of uint8 around 128, biases left in float, 7-bit weights where the
+    CPU lacks VNNI (8-bit ones saturate OpenVINO's AVX2 kernels too)."""
     ov = pytest.importorskip("openvino")
     amax = compute_amax(r20_stats, "entropy")
     tmin = {k: s.min for k, s in r20_stats.items()}
-    form = qdq_for_openvino(r20.onnx, amax, tmin)
+    reduce_range = not has_vnni()
+    form = qdq_for_openvino(r20.onnx, amax, tmin, reduce_range=reduce_range)
     cpu = qdq_for_cpu(r20.onnx, amax, tmin, reduce_range=True)
     c, cc = consts(form), consts(cpu)
     quant = [n for n in form.graph.node if n.op_type == "QuantizeLinear"]
@@ -230,7 +232,7 @@ def test_openvino_form_is_symmetric_with_float_biases_and_tracks_fp32(r20, r20_s
     assert all(cpu_zp[n.input[0]] == 128 for n in signed)  # exactly the tensors the CPU artifact shifts by 128
     assert not any(v.dtype == np.int32 for v in c.values())  # no int32 biases
     weights = [c[n.input[0]] for n in form.graph.node if n.op_type == "DequantizeLinear" and c.get(n.input[0]) is not None]
-    assert weights and max(int(np.abs(w).max()) for w in weights) == 127  # 8-bit even where the CPU artifact is 7-bit
+    assert weights and max(int(np.abs(w).max()) for w in weights) == (63 if reduce_range else 127)
     assert sum(n.op_type == "Relu" for n in form.graph.node) == 0
     score = Evaluator(r20.onnx, digits.test, r20.spec.preprocessing).openvino(form)
     assert score is not None and ov is not None
@@ -246,9 +248,9 @@ def test_an_openvino_form_worse_than_the_cpu_artifact_is_not_written(r20, r20_st
     tmin = {k: s.min for k, s in r20_stats.items()}
     ev = Evaluator(r20.onnx, digits.test, r20.spec.preprocessing)
     cpu_score = ev(qdq_for_cpu(r20.onnx, amax, tmin, reduce_range=not has_vnni()), reference=False)
-    good, row = _check_openvino(qdq_for_openvino(r20.onnx, amax, tmin), ev, cpu_score)
+    good, row = _check_openvino(qdq_for_openvino(r20.onnx, amax, tmin, reduce_range=not has_vnni()), ev, cpu_score)
     assert good is not None and row["written"] and row["images"] == 360
-    clipped = qdq_for_openvino(r20.onnx, {t: a / 10 for t, a in amax.items()}, tmin)
+    clipped = qdq_for_openvino(r20.onnx, {t: a / 10 for t, a in amax.items()}, tmin, reduce_range=not has_vnni())
     bad, row = _check_openvino(clipped, ev, cpu_score)
     assert bad is None and not row["written"] and "the CPU artifact on" in row["reason"]
     assert row["top1_agreement"] < cpu_score.top1_agreement - 1 / 360
