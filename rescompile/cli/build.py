@@ -164,6 +164,8 @@ def build(
         "engine_plan": None if result.plan is None else result.plan.to_dict(),
         "notes": result.notes,
         "target": result.target.explanation if result.target else None,
+        "cpu_engine": (_manifest_part(result, "cpu_artifact") or {}).get("choice"),
+        "deploy": _manifest_part(result, "deploy"),
         "bench": None if result.bench is None else {
             "verdict": result.bench.verdict, "warnings": result.bench.warnings,
             "report": str(result.bench.files.get("markdown")), "measurements": [m.to_dict(False) for m in result.bench.measurements],
@@ -198,12 +200,18 @@ def build(
         table.add_row("CPU INT8 ONNX", cal.cpu_path.name, "ONNX Runtime, uint8 activations")
         if cal.pixels_path is not None:
             table.add_row("CPU INT8 ONNX, pixels in", cal.pixels_path.name, "uint8 RGB pixels in, normalisation folded in (classify, predict)")
+        if cal.openvino_path is not None:
+            table.add_row("OpenVINO INT8 ONNX", cal.openvino_path.name, "the same scales in the form OpenVINO runs fastest")
         table.add_row("scales.json", cal.scales_path.name, "the given model's own scales" if cal.prequantized else f"{cal.method}, {cal.images} images")
     if "fp16_onnx" in result.files:
         table.add_row("FP16 ONNX", result.files["fp16_onnx"].name, "TensorRT 11 strongly typed FP16")
     if result.engine is not None:
         table.add_row("TensorRT engine", result.engine.path.name, result.engine.plan.reason)
     table.add_row("labels", result.files["labels"].name, f"{spec.num_classes} class names")
+    deploy = _manifest_part(result, "deploy") or {}
+    if deploy:
+        table.add_row("DeepStream config", deploy.get("deepstream_config", "-"), "nvinfer primary classifier (labels, preprocessing, engine)")
+        table.add_row("Triton config", deploy.get("triton_config", "-"), "model repository: tritonserver --model-repository <bundle>/deploy/triton")
     table.add_row("manifest", result.manifest.name, f"{spec.arch}, {spec.num_classes} classes, input {spec.input_size}x{spec.input_size}")
     out.print(table)
     if cal is not None:
@@ -217,6 +225,10 @@ def build(
         out.print(f"[yellow]{result.target.explanation}[/yellow]")
         if result.plan is not None:
             out.print(f"on the target: {result.plan.reason}")
+    choice = (_manifest_part(result, "cpu_artifact") or {}).get("choice")
+    if choice:
+        engine = "OpenVINO on its OpenVINO form" if choice["fastest"] == "openvino" else "ONNX Runtime on the CPU artifact"
+        out.print(f"CPU engine: runtime.load runs {engine} here ({escape(str(choice.get('why', '')))})")
     if result.bench is not None:
         from rescompile.cli.bench import print_report
 
@@ -248,3 +260,13 @@ def next_steps(result) -> None:
         lines.append(f"  on the Jetson / GPU machine (after copying the bundle there):  rescompile build --from-bundle {d}")
     lines.append(f"  in your app:  rescompile.runtime.load('{d}').classify(image)")
     out.print("\n".join(lines))
+
+
+def _manifest_part(result, key: str):
+    """One top-level entry of the manifest the build wrote (None when absent or unreadable)."""
+    import json
+
+    try:
+        return json.loads(Path(result.manifest).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
