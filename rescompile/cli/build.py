@@ -148,6 +148,7 @@ def build(
         result = run_build(
             config, train_callback=None if json_out else TrainProgress("default model"), on_stage=stage, on_progress=progress
         )
+    written = _manifest(result)
     summary = {
         "output_dir": str(result.output_dir),
         "manifest": result.manifest.name,
@@ -164,8 +165,8 @@ def build(
         "engine_plan": None if result.plan is None else result.plan.to_dict(),
         "notes": result.notes,
         "target": result.target.explanation if result.target else None,
-        "cpu_engine": (_manifest_part(result, "cpu_artifact") or {}).get("choice"),
-        "deploy": _manifest_part(result, "deploy"),
+        "cpu_engine": (written.get("cpu_artifact") or {}).get("choice"),
+        "deploy": written.get("deploy"),
         "bench": None if result.bench is None else {
             "verdict": result.bench.verdict, "warnings": result.bench.warnings,
             "report": str(result.bench.files.get("markdown")), "measurements": [m.to_dict(False) for m in result.bench.measurements],
@@ -208,7 +209,7 @@ def build(
     if result.engine is not None:
         table.add_row("TensorRT engine", result.engine.path.name, result.engine.plan.reason)
     table.add_row("labels", result.files["labels"].name, f"{spec.num_classes} class names")
-    deploy = _manifest_part(result, "deploy") or {}
+    deploy = written.get("deploy") or {}
     if deploy:
         table.add_row("DeepStream config", deploy.get("deepstream_config", "-"), "nvinfer primary classifier (labels, preprocessing, engine)")
         table.add_row("Triton config", deploy.get("triton_config", "-"), "model repository: tritonserver --model-repository <bundle>/deploy/triton")
@@ -225,7 +226,7 @@ def build(
         out.print(f"[yellow]{result.target.explanation}[/yellow]")
         if result.plan is not None:
             out.print(f"on the target: {result.plan.reason}")
-    choice = (_manifest_part(result, "cpu_artifact") or {}).get("choice")
+    choice = summary["cpu_engine"]
     if choice:
         engine = "OpenVINO on its OpenVINO form" if choice["fastest"] == "openvino" else "ONNX Runtime on the CPU artifact"
         out.print(f"CPU engine: runtime.load runs {engine} here ({escape(str(choice.get('why', '')))})")
@@ -262,11 +263,11 @@ def next_steps(result) -> None:
     out.print("\n".join(lines))
 
 
-def _manifest_part(result, key: str):
-    """One top-level entry of the manifest the build wrote (None when absent or unreadable)."""
+def _manifest(result) -> dict:
+    """The manifest the build wrote ({} when unreadable)."""
     import json
 
     try:
-        return json.loads(Path(result.manifest).read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
+        return json.loads(Path(result.manifest).read_text())
+    except (OSError, ValueError):
+        return {}
