@@ -13,6 +13,7 @@ folded in front of the model: scale 1, offsets 0), which is exact.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,13 +123,10 @@ def pixel_input_qdq(model, prep: Preprocessing):
 
 
 def _rel(path: Path, start: Path) -> str:
-    import os
-
     return os.path.relpath(path, start)
 
 
-def config_text(out: Path, doc: dict[str, Any], files: dict[str, Path], approximation: dict[str, Any] | None,
-                pixels_onnx: Path | None, name: str | None = None) -> str:
+def config_text(out: Path, doc: dict[str, Any], files: dict[str, Path], pixels_onnx: Path | None, name: str | None = None) -> str:
     """The [property] group of config_infer_primary.txt, with a header saying where it comes from."""
     here = out / "deploy" / "deepstream"
     spec_doc, inp, output = doc.get("spec") or {}, doc.get("input") or {}, doc.get("output") or {}
@@ -151,6 +149,8 @@ def config_text(out: Path, doc: dict[str, Any], files: dict[str, Path], approxim
     profiles = plan.get("profiles") or []
     max_batch = int(profiles[0]["max"][0]) if profiles else 1
     opt_batch = int(profiles[0]["opt"][0]) if profiles else 1
+    if max_batch < opt_batch:
+        raise BundleError(f"{out}: the engine profile's max batch {max_batch} is below its opt batch {opt_batch}", "Rebuild the bundle")
     mode = NETWORK_MODE.get(precision, 0)
     lines = [
         "# DeepStream Gst-nvinfer configuration (DeepStream 7.x on JetPack 6, 8.x), written by rescompile",
@@ -190,8 +190,6 @@ def config_text(out: Path, doc: dict[str, Any], files: dict[str, Path], approxim
     ]
     if plan.get("dla_core") is not None:
         lines += ["enable-dla=1", f"use-dla-core={int(plan['dla_core'])}"]
-    if max_batch < opt_batch:
-        raise BundleError(f"{out}: the engine profile's max batch {max_batch} is below its opt batch {opt_batch}", "Rebuild the bundle")
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +213,7 @@ def write_deepstream(out: Path, doc: dict[str, Any], files: dict[str, Path], app
     # A classifier's label file: one line per output layer, its labels separated by ';'.
     # (a ';' inside a label would split it: written as ',').
     written["deepstream_labels"] = write_bytes_atomic(here / LABELS, (";".join(str(s).replace(";", ",") for s in labels) + "\n").encode())
-    written["deepstream_config"] = write_bytes_atomic(here / CONFIG, config_text(out, doc, files, approximation, pixels_onnx, name).encode())
+    written["deepstream_config"] = write_bytes_atomic(here / CONFIG, config_text(out, doc, files, pixels_onnx, name).encode())
     return written
 
 
