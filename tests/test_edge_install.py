@@ -96,11 +96,8 @@ def test_predict_runs_the_cpu_artifact_without_pytorch(bundle, image, edge_home)
     res = cli_blocked(NO_COMPILE, "predict", image, "--bundle", bundle, "--json", home=edge_home)
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    choice = json.loads((bundle / "manifest.json").read_text())["cpu_artifact"].get("choice") or {}
-    if choice.get("fastest") == "openvino":  # the build measured OpenVINO clearly faster here: it runs its own form
-        assert data["runner"] == "openvino on model_int8_openvino.onnx"
-    else:
-        assert data["runner"] == "onnxruntime on model_int8_cpu_pixels.onnx (uint8 pixels in)"  # no numpy normalisation either
+    # OpenVINO is not installed in this edge install, so ONNX Runtime runs whichever engine the build measured faster.
+    assert data["runner"] == "onnxruntime on model_int8_cpu_pixels.onnx (uint8 pixels in)"  # no numpy normalisation either
     assert data["predictions"][0]["top"][0]["label"] == "7"
 
 
