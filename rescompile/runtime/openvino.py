@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 DEVICE = "CPU"
 
 
-def compile_onnx(path: Path, *, threads: int | None = None, cache_dir: Path | None = None, device: str = DEVICE):
+def compile_onnx(path: Path, *, threads: int | None = None, cache_dir: str | Path | None | bool = None, device: str = DEVICE):
     """OpenVINO's compiled model of an ONNX file: latency hint, ``threads`` inference
     threads (None: OpenVINO's choice), compiled blobs cached in ``cache_dir`` (None: rescompile's
-    OpenVINO cache; a cache that cannot be created is skipped with a warning)."""
+    OpenVINO cache; False: no cache, for a file that is about to move or go; a cache that cannot be
+    created is skipped with a warning)."""
     ov = import_optional("openvino")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer, got {threads!r}", "Pass threads=1 or more, or None")
@@ -39,12 +40,13 @@ def compile_onnx(path: Path, *, threads: int | None = None, cache_dir: Path | No
     props: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
     if threads is not None:
         props["INFERENCE_NUM_THREADS"] = threads
-    cache = Path(cache_dir) if cache_dir is not None else openvino_cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        props["CACHE_DIR"] = str(cache)
-    except OSError as exc:
-        log.warning("OpenVINO model cache %s cannot be created (%s): every load compiles again", cache, exc)
+    if cache_dir is not False:
+        cache = Path(cache_dir) if cache_dir is not None and cache_dir is not True else openvino_cache_dir()
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            props["CACHE_DIR"] = str(cache)
+        except OSError as exc:
+            log.warning("OpenVINO model cache %s cannot be created (%s): every load compiles again", cache, exc)
     try:
         # A path (not a read model): with CACHE_DIR set, a cache hit skips reading the ONNX file too.
         return ov.Core().compile_model(str(path), device, props)
@@ -71,7 +73,7 @@ class OpenVINORunner(Runner):
         spec: ModelSpec | None = None,
         threads: int | None = None,
         pixels_path: str | Path | None = None,
-        cache_dir: str | Path | None = None,
+        cache_dir: str | Path | None | bool = None,
     ) -> None:
         path = Path(path)
         if not path.is_file():

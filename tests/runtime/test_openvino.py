@@ -177,3 +177,26 @@ def test_auto_takes_openvino_when_onnx_runtime_is_not_installed(bundle, tmp_path
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with runtime.load(copy) as r:
         assert r.backend == "openvino" and r.source == str(copy / "model_int8_openvino.onnx")
+
+
+def test_the_build_s_engine_timing_and_openvino_check_leave_the_model_cache_empty(bundle, home):
+    """OpenVINO keys its cache by file path: a blob of a staging or temporary file would never be read again."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from rescompile.bundle import read_manifest
+    from rescompile.stages.build.cpu import measure_cpu_engines
+    from rescompile.stages.calibrate.accuracy import Evaluator
+
+    man = read_manifest(bundle)
+    files = {role: man.file(role) for role in ("cpu_int8_onnx", "openvino_int8_onnx")}
+    choice = measure_cpu_engines(files, man.spec, threads=1)
+    assert choice["fastest"] in ("openvino", "onnxruntime") and set(choice["p50_ms"]["openvino"]) == {"1", "32"}
+    images = load_dataset("digits").test
+    fp32 = onnx.load(str(man.file("optimized_onnx")))
+    evaluate = Evaluator(fp32, images, man.spec.preprocessing)
+    score = evaluate.openvino(onnx.load(str(files["openvino_int8_onnx"])))
+    assert score.images == len(images) and score.top1_agreement > 0.9  # it ran the INT8 model on every image (36 of 360 spare)
+    cache = home / "cache" / "openvino"
+    assert not cache.exists() or not any(cache.iterdir())

@@ -107,13 +107,12 @@ class Evaluator:
             return None
         import tempfile
 
-        import openvino as ov
+        from rescompile.runtime.openvino import compile_onnx
 
-        core = ov.Core()
         with tempfile.TemporaryDirectory(prefix="rescompile-ov-") as tmp:
             path = Path(tmp) / "model.onnx"
             onnx.save(model, str(path))
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+            compiled = compile_onnx(path, cache_dir=False)  # the runtime's settings; no cache for a file about to go
         request = compiled.create_infer_request()
         batches = self._kept if self._kept is not None else (x for x, _ in iter_batches(self.images, self.prep, self.batch_size))
         outs = [np.array(request.infer({0: x})[0], copy=True) for x in batches]
