@@ -30,6 +30,19 @@ def test_masked_cpuinfo_drops_every_avx512_vnni_and_amx_flag_and_nothing_else():
     assert "processor\t: 0" in out and "bogomips\t: 1" in out
 
 
+def test_the_shims_masks_are_the_sdm_bits_of_each_hidden_flag():
+    """avx2 clears what AVX-512, VNNI and AMX set in CPUID leaf 7 and 7.1; avx512-vnni clears only AMX's (and later)."""
+    mod = _module()
+    full = mod.clear_masks(mod.ISAS["avx2"])
+    assert full == {"MASK_7_0_B": 0xDC230000, "MASK_7_0_C": 0x5842, "MASK_7_0_D": 0x3C0010C, "MASK_7_1_A": 0x800030, "MASK_7_1_D": 0x430}
+    amx = mod.clear_masks(mod.ISAS["avx512-vnni"])
+    assert amx["MASK_7_0_B"] == 0 and amx["MASK_7_0_C"] == 0  # AVX-512 F/BW/VL and VNNI stay
+    assert amx["MASK_7_0_D"] == (1 << 22) | (1 << 23) | (1 << 24) | (1 << 25)  # AMX-BF16, AVX512-FP16, AMX-TILE, AMX-INT8
+    text = "flags\t\t: avx2 avx512f avx512_vnni avx512_bf16 amx_int8 amx_tile avx512_fp16\n"
+    kept = mod.masked_cpuinfo(text, mod.ISAS["avx512-vnni"]).split(":", 1)[1].split()
+    assert kept == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
+
+
 def _can_mask() -> str | None:
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return "needs Linux on x86-64"
@@ -50,3 +63,14 @@ def test_inside_the_mask_rescompile_sees_no_vnni():
     assert "VNNI for rescompile: False" in res.stdout
     flags = res.stdout.split("says):", 1)[1].splitlines()[0]
     assert "avx512" not in flags and "vnni" not in flags and "amx" not in flags
+
+
+@pytest.mark.skipif(_can_mask() is not None, reason=str(_can_mask()))
+def test_with_isa_avx512_vnni_rescompile_sees_vnni_but_no_amx():
+    if "avx512_vnni" not in Path("/proc/cpuinfo").read_text(errors="replace").split():
+        pytest.skip("this CPU has no AVX512-VNNI to keep")
+    res = subprocess.run([sys.executable, str(SCRIPT), "--isa", "avx512-vnni", "--check"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "VNNI for rescompile: True" in res.stdout
+    flags = res.stdout.split("says):", 1)[1].splitlines()[0]
+    assert "avx512_vnni" in flags and "amx" not in flags
