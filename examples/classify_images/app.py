@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3)
     args = parser.parse_args(argv)
     try:
-        with runtime.load(args.bundle) as model:  # TensorRT when it can run here, else ONNX Runtime
-            print(f"running {model.backend} on {Path(str(model.source)).name}")
+        with runtime.load(args.bundle) as model:  # TensorRT when it can run here, else the CPU engine the build found faster
+            one = model.runner_for(1)  # what classify (one image a call) runs
+            print(f"running {one.backend} on {Path(str(one.source)).name}")
             for path in images_in(args.images):
                 start = time.perf_counter()
                 top = model.classify(path, top_k=args.top_k)

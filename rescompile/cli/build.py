@@ -229,6 +229,8 @@ def build(
     choice = summary["cpu_engine"]
     if choice:
         engine = "OpenVINO on its OpenVINO form" if choice["fastest"] == "openvino" else "ONNX Runtime on the CPU artifact"
+        if choice.get("split_at"):
+            engine = f"ONNX Runtime on the CPU artifact below batch {choice['split_at']} and OpenVINO on its OpenVINO form from it"
         out.print(f"CPU engine: runtime.load runs {engine} here ({escape(str(choice.get('why', '')))})")
     if result.bench is not None:
         from rescompile.cli.bench import print_report

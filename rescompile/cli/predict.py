@@ -68,8 +68,9 @@ def predict(
         raise ConfigError(f"no bundle at {source}", "Run `rescompile build` first, or pass --bundle DIR")
     with runtime.load(source, backend=backend, threads=threads) as runner:
         results = [(f, runner.classify(f, top_k=top_k)) for f in files]
-        pixels = getattr(runner, "pixels_source", None)  # classify ran the pixel-input artifact
-        used = f"{runner.backend} on {Path(pixels).name} (uint8 pixels in)" if pixels else f"{runner.backend} on {Path(str(runner.source)).name}"
+        ran = runner.runner_for(1)  # classify: one image a call
+        pixels = getattr(ran, "pixels_source", None)  # classify ran the pixel-input artifact
+        used = f"{ran.backend} on {Path(pixels).name} (uint8 pixels in)" if pixels else f"{ran.backend} on {Path(str(ran.source)).name}"
     if json_out:
         print_json({
             "runner": used,

@@ -73,7 +73,9 @@ def load(
     ``backend`` forces "onnxruntime", "openvino", "tensorrt" or "torch"; None picks TensorRT for a
     bundle with an engine when TensorRT and an NVIDIA GPU are here, else the CPU engine the build
     measured faster (manifest ``cpu_artifact.choice``): ONNX Runtime on the CPU artifact or OpenVINO
-    on the bundle's OpenVINO form, the other one when that is not installed. "openvino" runs the
+    on the bundle's OpenVINO form, the other one when that is not installed; where the build measured
+    ONNX Runtime faster at small batches and OpenVINO at large ones (``choice.split_at``), and both
+    are installed, each call runs on the engine measured faster at its size. "openvino" runs the
     OpenVINO form when the bundle has one (else the CPU artifact). ``providers``/``threads`` go to ONNX Runtime (threads also to PyTorch), ``device``
     to PyTorch. ``verify_files`` checks the sha256 of the bundle file that will run.
     ``allow_host_code`` lets TensorRT run the lean runtime a version-compatible engine carries
@@ -183,6 +185,9 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
         return TensorRTRunner(engine_path, spec=manifest.spec, engine_info=engine, bundle_dir=manifest.dir, output_name=output,
                               check=False, allow_host_code=allow_host_code)
     if backend is None:  # no TensorRT here: the CPU engine the build measured faster, when installed
+        split = _split_at(manifest) if pixels is not True else None
+        if split is not None:
+            return _split_runner(manifest, split, providers, threads, verify_files, pixels, why)
         backend, cpu_why = _auto_cpu_backend(manifest)
         why = f"{why}; {cpu_why}"
     if backend == "openvino" and not has_module("openvino"):
@@ -199,6 +204,15 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
         onnx_path = manifest.file(OPENVINO_ROLE)
         _chosen(backend, onnx_path, f"{why}; running its OpenVINO INT8 form")
         return _openvino_runner(onnx_path, manifest.spec, providers, threads)
+    onnx_path, pixels_path, what = _cpu_artifact(manifest, verify_files, pixels)
+    _chosen(backend, onnx_path, f"{why}; running {what}")
+    if backend == "openvino":
+        return _openvino_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
+    return _onnxruntime_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
+
+
+def _cpu_artifact(manifest: Manifest, verify_files: bool, pixels: bool | None) -> tuple[Path, Path | None, str]:
+    """(the CPU artifact, its pixel-input twin when it runs too, what they are in words)."""
     onnx_path, what = _cpu_file(manifest, verify_files)
     pixels_path = None
     if pixels is not False and manifest.has(PIXELS_ROLE) and manifest.has("cpu_int8_onnx") and onnx_path == manifest.file("cpu_int8_onnx"):
@@ -209,10 +223,36 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
     elif pixels:
         raise BundleError(f"bundle {manifest.dir} has no pixel-input CPU artifact ({PIXELS_ROLE})",
                           "Rebuild it with this rescompile (its accuracy.json says why one was not written), or pass pixels=None")
-    _chosen(backend, onnx_path, f"{why}; running {what}")
-    if backend == "openvino":
-        return _openvino_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
-    return _onnxruntime_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
+    return onnx_path, pixels_path, what
+
+
+def _split_at(manifest: Manifest) -> int | None:
+    """The batch from which OpenVINO runs, when the build measured ONNX Runtime fastest below it and
+    OpenVINO from it (cpu_artifact.choice.split_at) and both engines and both files are here."""
+    choice = (manifest.cpu_artifact or {}).get("choice")
+    split = choice.get("split_at") if isinstance(choice, dict) else None
+    if isinstance(split, bool) or not isinstance(split, int) or split < 2:
+        return None
+    if not (manifest.has(OPENVINO_ROLE) and has_module("openvino") and has_module("onnxruntime")):
+        return None
+    return split
+
+
+def _split_runner(manifest: Manifest, split: int, providers, threads, verify_files: bool, pixels: bool | None, why: str) -> Runner:
+    from rescompile.bench.env import cpu_model
+    from rescompile.runtime.split import BatchSplitRunner
+
+    choice = manifest.cpu_artifact["choice"]
+    where = "" if choice.get("cpu") in (None, cpu_model()) else f" (measured on {choice['cpu']}, not this CPU)"
+    onnx_path, pixels_path, what = _cpu_artifact(manifest, verify_files, pixels)
+    if verify_files:
+        verify(manifest, [OPENVINO_ROLE])
+    ov_path = manifest.file(OPENVINO_ROLE)
+    _chosen(f"onnxruntime below batch {split}, openvino from it", onnx_path,
+            f"{why}; the build measured ONNX Runtime faster below batch {split} and OpenVINO from it: {choice.get('why', '')}{where}; "
+            f"running {what} below it and {ov_path.name} on OpenVINO from it")
+    small = _onnxruntime_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
+    return BatchSplitRunner(small, lambda: _openvino_runner(ov_path, manifest.spec, None, threads), split)
 
 
 def _auto_backend(manifest: Manifest) -> tuple[str | None, str]:

@@ -104,6 +104,11 @@ class Runner:
         state = "closed" if self._closed else "open"
         return f"<{type(self).__name__} {self.backend} {self.source!r} ({state})>"
 
+    def runner_for(self, n: int) -> Runner:
+        """The runner a call with ``n`` images runs on: this one (a runner split by batch size names
+        one of its two; ``classify`` runs ``runner_for(1)``)."""
+        return self
+
     # -- inference ----------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """float32 batch in the model's layout (NCHW, or NHWC) -> float32 logits (N, classes). NaN inputs pass through."""

@@ -59,12 +59,13 @@ def test_default_int8_bundle_is_valid(default_bundle):
     assert {"qdq_onnx", "cpu_int8_onnx", "calibration_cache", "labels"} <= set(m.files)
 
 
-def cpu_runner(bundle) -> tuple[str, str]:
-    """(backend, file) runtime.load runs on a CPU: the engine the build measured faster."""
+def cpu_runner(bundle, batch: int = 1) -> tuple[str, str]:
+    """(backend, file) runtime.load runs on a CPU for a call of ``batch`` images: the engine the
+    build measured faster, at that batch size where it measured a split."""
     choice = json.loads((bundle / "manifest.json").read_text())["cpu_artifact"].get("choice") or {}
-    if choice.get("fastest") == "openvino":
-        return "openvino", "model_int8_openvino.onnx"
-    return "onnxruntime", "model_int8_cpu.onnx"
+    split = choice.get("split_at")
+    openvino = batch >= split if split else choice.get("fastest") == "openvino"
+    return ("openvino", "model_int8_openvino.onnx") if openvino else ("onnxruntime", "model_int8_cpu.onnx")
 
 
 def test_predict_classifies_digits(default_bundle, digit_pngs, monkeypatch):

@@ -3,8 +3,11 @@ its OpenVINO form, timed side by side at build time and recorded in the manifest
 
 Neither wins everywhere (benchmarks/openvino_forms.py): OpenVINO is ahead on 224x224 ResNets with
 or without VNNI and on batches, while on a 32x32 ResNet-20 at batch 1, where per-call overhead
-dominates, they tie or ONNX Runtime leads. So the build measures at batch 1 and 32 instead of
-guessing; ``rescompile.runtime.load`` follows what it measured.
+dominates, they tie or ONNX Runtime leads. So the build measures at batch 1, 8 and 32 instead of
+guessing; ``rescompile.runtime.load`` follows what it measured. Where ONNX Runtime is fastest at
+the small batches and OpenVINO at the large ones (a 32x32 ResNet-20 on an AVX2 CPU: ONNX Runtime
+at batch 1, OpenVINO at 32), the choice records the batch from which OpenVINO runs (``split_at``),
+and the runtime sends each call to the engine measured fastest at that size.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ log = logging.getLogger(__name__)
 ROUNDS = 5  # alternating rounds; each engine's samples are pooled over them
 RUNS_PER_ROUND = 20  # at most, at batch 1; fewer for a batch that takes long (ROUND_BUDGET_S)
 ROUND_BUDGET_S = 0.25
-# One frame at a time, as a camera app classifies, and a batch, as a server or an offline job does:
-# the engines' order can differ between them (a 32x32 ResNet-20: a tie at 1, OpenVINO 3x at 32).
-BATCHES = (1, 32)
+# One frame at a time, as a camera app classifies, a few, and a batch, as a server or an offline job
+# does: the engines' order can differ between them (a 32x32 ResNet-20: a tie at 1, OpenVINO 3x at 32).
+BATCHES = (1, 8, 32)
 # OpenVINO is chosen when it is faster at both batch sizes, or more than this much faster at one
 # and within it at the other: within it the two are a tie on a busy machine, and ONNX Runtime
 # keeps the pixel-input artifact (no numpy normalisation in classify).
@@ -67,8 +70,11 @@ def measure_cpu_engines(files: dict[str, Path], spec: ModelSpec, threads: int | 
     openvino = all(r < 1 for r in ratios) or (min(ratios) < 1 - MARGIN and max(ratios) <= 1 + MARGIN)
     fastest = "openvino" if openvino else "onnxruntime"
     said = ", ".join(f"{r:.2f}x the time at batch {b}" for r, b in zip(ratios, runs))
+    by_batch = {b: "openvino" if r < 1 else "onnxruntime" for r, b in zip(ratios, runs)}
     return {
         "fastest": fastest,
+        "by_batch": by_batch,
+        "split_at": split_at(by_batch),
         "p50_ms": p50,
         "batches": list(BATCHES),
         "threads": threads,
@@ -78,6 +84,22 @@ def measure_cpu_engines(files: dict[str, Path], spec: ModelSpec, threads: int | 
         "margin": MARGIN,
         "why": f"OpenVINO took {said} of ONNX Runtime",
     }
+
+
+def split_at(by_batch: dict[str, str]) -> int | None:
+    """The smallest measured batch from which OpenVINO was fastest at every larger one, when ONNX
+    Runtime was fastest at every smaller one (and at the smallest); else None (one engine for all)."""
+    try:
+        order = sorted((int(b), engine) for b, engine in by_batch.items())
+    except (TypeError, ValueError):
+        return None
+    engines = [engine for _, engine in order]
+    if not engines or engines[0] != "onnxruntime" or "openvino" not in engines:
+        return None
+    first = engines.index("openvino")
+    if any(engine != "openvino" for engine in engines[first:]):
+        return None
+    return order[first][0]
 
 
 def _alternate(runners: dict[str, Any], x: np.ndarray) -> dict[str, list[float]]:
