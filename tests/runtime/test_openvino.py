@@ -200,7 +200,9 @@ def test_the_build_s_engine_timing_and_openvino_check_leave_the_model_cache_empt
     fp32 = onnx.load(str(man.file("optimized_onnx")))
     evaluate = Evaluator(fp32, images, man.spec.preprocessing)
     score = evaluate.openvino(onnx.load(str(files["openvino_int8_onnx"])))
-    assert score.images == len(images) and score.top1_agreement > 0.9  # it ran the INT8 model on every image (36 of 360 spare)
+    assert score.images == len(images)
+    RAN = Tolerance(36, len(images), "only that OpenVINO ran the INT8 model on the images; a wrong feed agrees on about a tenth")
+    RAN.check_agreement_rate(score.top1_agreement, "OpenVINO form on the check's compile")
     cache = home / "cache" / "openvino"
     assert not cache.exists() or not any(cache.iterdir())
 
