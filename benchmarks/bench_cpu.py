@@ -69,7 +69,7 @@ def run(name: str, out: Path, threads: int, batch_sizes: tuple[int, ...], from_p
         min_runs=30, max_s=8.0, warmup_s=2.0, from_pixels=from_pixels, peers=("ort", "nncf"),
     ))
     choice = json.loads((bundle / "manifest.json").read_text())["cpu_artifact"].get("choice") or {}
-    return {"name": name, "report": report, "loads": choice.get("fastest", "onnxruntime"), "split_at": choice.get("split_at")}
+    return {"name": name, "report": report, "loads": choice.get("fastest", "onnxruntime"), "dispatch": choice.get("dispatch")}
 
 
 def table(results: list[dict]) -> str:
@@ -101,9 +101,11 @@ def fastest(rep, keys: tuple[str, ...], batch: int) -> tuple[str, float] | None:
 
 def loaded(r: dict, batch: int) -> tuple[str, float] | None:
     """(key, p50) of what runtime.load runs: the CPU engine the build measured faster (manifest
-    cpu_artifact.choice), at this batch size where the build measured a split."""
+    cpu_artifact.choice), at this batch size where the faster one changed with the batch size."""
+    from rescompile.runtime.split import engine_for
+
     ort_key, ov_key = artifact_keys(r["report"], batch)
-    openvino = batch >= r["split_at"] if r.get("split_at") else r["loads"] == "openvino"
+    openvino = (engine_for(r["dispatch"], batch) if r.get("dispatch") else r["loads"]) == "openvino"
     key = ov_key if openvino else ort_key
     ms = p50(r["report"], key, batch)
     return None if ms is None else (key, ms)

@@ -229,8 +229,9 @@ def build(
     choice = summary["cpu_engine"]
     if choice:
         engine = "OpenVINO on its OpenVINO form" if choice["fastest"] == "openvino" else "ONNX Runtime on the CPU artifact"
-        if choice.get("split_at"):
-            engine = f"ONNX Runtime on the CPU artifact below batch {choice['split_at']} and OpenVINO on its OpenVINO form from it"
+        if choice.get("dispatch"):
+            names = {"onnxruntime": "ONNX Runtime on the CPU artifact", "openvino": "OpenVINO on its OpenVINO form"}
+            engine = ", ".join(f"{names[e]} from batch {b}" for b, e in choice["dispatch"])
         out.print(f"CPU engine: runtime.load runs {engine} here ({escape(str(choice.get('why', '')))})")
     if result.bench is not None:
         from rescompile.cli.bench import print_report

@@ -73,9 +73,9 @@ def load(
     ``backend`` forces "onnxruntime", "openvino", "tensorrt" or "torch"; None picks TensorRT for a
     bundle with an engine when TensorRT and an NVIDIA GPU are here, else the CPU engine the build
     measured faster (manifest ``cpu_artifact.choice``): ONNX Runtime on the CPU artifact or OpenVINO
-    on the bundle's OpenVINO form, the other one when that is not installed; where the build measured
-    ONNX Runtime faster at small batches and OpenVINO at large ones (``choice.split_at``), and both
-    are installed, each call runs on the engine measured faster at its size. "openvino" runs the
+    on the bundle's OpenVINO form, the other one when that is not installed; where the faster engine
+    changed with the batch size (``choice.dispatch``) and both are installed, each call runs on the
+    engine measured faster at its size (``runner_for(n)``). "openvino" runs the
     OpenVINO form when the bundle has one (else the CPU artifact). ``providers``/``threads`` go to ONNX Runtime (threads also to PyTorch), ``device``
     to PyTorch. ``verify_files`` checks the sha256 of the bundle file that will run.
     ``allow_host_code`` lets TensorRT run the lean runtime a version-compatible engine carries
@@ -185,9 +185,9 @@ def _load_bundle(manifest: Manifest, backend, providers, threads, verify_files, 
         return TensorRTRunner(engine_path, spec=manifest.spec, engine_info=engine, bundle_dir=manifest.dir, output_name=output,
                               check=False, allow_host_code=allow_host_code)
     if backend is None:  # no TensorRT here: the CPU engine the build measured faster, when installed
-        split = _split_at(manifest) if pixels is not True else None
-        if split is not None:
-            return _split_runner(manifest, split, providers, threads, verify_files, pixels, why)
+        table = _dispatch(manifest) if pixels is not True else None
+        if table is not None:
+            return _split_runner(manifest, table, providers, threads, verify_files, pixels, why)
         backend, cpu_why = _auto_cpu_backend(manifest)
         why = f"{why}; {cpu_why}"
     if backend == "openvino" and not has_module("openvino"):
@@ -226,21 +226,24 @@ def _cpu_artifact(manifest: Manifest, verify_files: bool, pixels: bool | None) -
     return onnx_path, pixels_path, what
 
 
-def _split_at(manifest: Manifest) -> int | None:
-    """The batch from which OpenVINO runs, when the build measured ONNX Runtime fastest below it and
-    OpenVINO from it (cpu_artifact.choice.split_at) and both engines and both files are here."""
+def _dispatch(manifest: Manifest) -> list[list[Any]] | None:
+    """From which batch size each CPU engine runs, when the build measured the faster one change with
+    the batch size (cpu_artifact.choice: the table is rebuilt from its by_batch) and both engines and
+    both files are here; else None."""
+    from rescompile.runtime.split import dispatch
+
     choice = (manifest.cpu_artifact or {}).get("choice")
-    split = choice.get("split_at") if isinstance(choice, dict) else None
-    if isinstance(split, bool) or not isinstance(split, int) or split < 2:
+    by_batch = choice.get("by_batch") if isinstance(choice, dict) else None
+    table = dispatch(by_batch) if isinstance(by_batch, dict) else None
+    if table is None or not (manifest.has(OPENVINO_ROLE) and has_module("openvino") and has_module("onnxruntime")):
         return None
-    if not (manifest.has(OPENVINO_ROLE) and has_module("openvino") and has_module("onnxruntime")):
-        return None
-    return split
+    return table
 
 
-def _split_runner(manifest: Manifest, split: int, providers, threads, verify_files: bool, pixels: bool | None, why: str) -> Runner:
+def _split_runner(manifest: Manifest, table: list[list[Any]], providers, threads, verify_files: bool, pixels: bool | None,
+                  why: str) -> Runner:
     from rescompile.bench.env import cpu_model
-    from rescompile.runtime.split import BatchSplitRunner
+    from rescompile.runtime.split import BatchSplitRunner, describe
 
     choice = manifest.cpu_artifact["choice"]
     where = "" if choice.get("cpu") in (None, cpu_model()) else f" (measured on {choice['cpu']}, not this CPU)"
@@ -248,11 +251,13 @@ def _split_runner(manifest: Manifest, split: int, providers, threads, verify_fil
     if verify_files:
         verify(manifest, [OPENVINO_ROLE])
     ov_path = manifest.file(OPENVINO_ROLE)
-    _chosen(f"onnxruntime below batch {split}, openvino from it", onnx_path,
-            f"{why}; the build measured ONNX Runtime faster below batch {split} and OpenVINO from it: {choice.get('why', '')}{where}; "
-            f"running {what} below it and {ov_path.name} on OpenVINO from it")
-    small = _onnxruntime_runner(onnx_path, manifest.spec, providers, threads, pixels_path)
-    return BatchSplitRunner(small, lambda: _openvino_runner(ov_path, manifest.spec, None, threads), split)
+    _chosen(describe(table), onnx_path,
+            f"{why}; the build measured the faster CPU engine change with the batch size: {choice.get('why', '')}{where}; "
+            f"ONNX Runtime runs {what}, OpenVINO {ov_path.name}")
+    return BatchSplitRunner({
+        "onnxruntime": lambda: _onnxruntime_runner(onnx_path, manifest.spec, providers, threads, pixels_path),
+        "openvino": lambda: _openvino_runner(ov_path, manifest.spec, None, threads),
+    }, table)
 
 
 def _auto_backend(manifest: Manifest) -> tuple[str | None, str]:

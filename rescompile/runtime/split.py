@@ -1,58 +1,91 @@
-"""One runner over two CPU engines, split by batch size, as the build measured them.
+"""One runner over the two CPU engines, each call on the one the build measured faster at its size.
 
-Where the build measured ONNX Runtime fastest at the small batches and OpenVINO at the large ones
-(manifest ``cpu_artifact.choice.split_at``), ``rescompile.runtime.load`` returns this runner: a
-call with fewer than ``split_at`` images (and so ``classify``) runs ONNX Runtime on the CPU
-artifact (with its pixel-input twin), a larger one runs OpenVINO on the OpenVINO form. The
-OpenVINO model is compiled on the first large batch, so an app that only classifies single
-frames never pays for it.
+Where the build measured ONNX Runtime faster at some batch sizes and OpenVINO at others (manifest
+``cpu_artifact.choice.dispatch``: from which batch size each engine runs), and both are installed,
+``rescompile.runtime.load`` returns this runner. A call of ``n`` images runs on the engine measured
+faster at the largest measured size not above ``n``; ``classify`` (one image) runs ``runner_for(1)``.
+Each engine's model is compiled on its first call (the batch-1 engine at load), so an app that
+only classifies single frames never pays for the other one.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from rescompile.runtime.base import Runner, RunnerError
 
+ENGINES = ("onnxruntime", "openvino")
+
+
+def dispatch(by_batch: dict[str, str]) -> list[list[Any]] | None:
+    """[[from_batch, engine], ...]: each engine from the measured batch size at which it became the
+    faster one, the first from batch 1; None when one engine was faster at every size (or the table
+    is not one this build writes)."""
+    try:
+        order = sorted((int(b), engine) for b, engine in by_batch.items())
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if not order or any(engine not in ENGINES or b < 1 for b, engine in order):
+        return None
+    table: list[list[Any]] = [[1, order[0][1]]]
+    for b, engine in order[1:]:
+        if engine != table[-1][1]:
+            table.append([b, engine])
+    return table if len(table) > 1 else None
+
+
+def engine_for(table: list[list[Any]], n: int) -> str:
+    """The engine of ``dispatch``'s table for a call of ``n`` images: the one measured faster at the
+    largest measured batch size not above ``n``."""
+    return [engine for start, engine in table if start <= n][-1] if n >= table[0][0] else table[0][1]
+
+
+def describe(table: list[list[Any]]) -> str:
+    """'onnxruntime below batch 16, openvino from it' / '... from batch 8, ... from batch 16'."""
+    if len(table) == 2:
+        return f"{table[0][1]} below batch {table[1][0]}, {table[1][1]} from it"
+    return ", ".join(f"{engine} from batch {start}" for start, engine in table)
+
 
 class BatchSplitRunner(Runner):
-    """``small`` for batches below ``split_at``, ``make_large()`` (made on first use) from it."""
+    """``makers[engine]()`` opens an engine's runner; ``table`` is ``dispatch``'s [[from_batch, engine], ...]."""
 
-    def __init__(self, small: Runner, make_large: Callable[[], Runner], split_at: int, large_backend: str = "openvino") -> None:
-        super().__init__(spec=small.spec, source=small.source, input_name=small.input_name, output_name=small.output_name,
-                         input_shape=small.input_shape)
-        if split_at < 2:
-            raise ValueError(f"split_at must be 2 or more, got {split_at}")
-        self.small, self.split_at = small, int(split_at)
-        self.large_backend = large_backend
-        self._make_large = make_large
-        self._large: Runner | None = None
-        self.backend = f"{small.backend} below batch {self.split_at}, {large_backend} from it"
-        self.pixels_source = getattr(small, "pixels_source", None)
+    def __init__(self, makers: dict[str, Callable[[], Runner]], table: list[list[Any]]) -> None:
+        if len(table) < 2 or table[0][0] != 1 or any(engine not in makers for _, engine in table):
+            raise ValueError(f"not a dispatch table over {sorted(makers)}: {table}")
+        self.table = [[int(start), str(engine)] for start, engine in table]
+        self._makers = makers
+        self._open: dict[str, Runner] = {}
+        one = self.runner_for(1)
+        super().__init__(spec=one.spec, source=one.source, input_name=one.input_name, output_name=one.output_name,
+                         input_shape=one.input_shape)
+        self.backend = describe(self.table)
+        self.pixels_source = getattr(one, "pixels_source", None)
 
     @property
     def takes_pixels(self) -> bool:
-        """Whether classify (one image: the small engine) runs a pixel-input artifact."""
-        return bool(getattr(self.small, "takes_pixels", False))
+        """Whether classify (one image) runs a pixel-input artifact."""
+        return bool(getattr(self.runner_for(1), "takes_pixels", False))
 
     @property
     def load_seconds(self) -> float:
-        return sum(float(getattr(r, "load_seconds", 0.0)) for r in (self.small, self._large) if r is not None)
+        """Compile time of the models opened so far (ONNX Runtime does not report it)."""
+        return sum(float(getattr(r, "load_seconds", 0.0)) for r in self._open.values())
 
     def engine_for(self, n: int) -> str:
         """The engine a call with ``n`` images runs on."""
-        return self.small.backend if n < self.split_at else self.large_backend
+        return engine_for(self.table, n)
 
     def runner_for(self, n: int) -> Runner:
-        if n < self.split_at:
-            return self.small
-        if self._large is None:
-            if self.closed:
+        engine = self.engine_for(n)
+        runner = self._open.get(engine)
+        if runner is None:
+            if getattr(self, "_closed", False):
                 raise RunnerError(f"{self.backend} runner for {self.source} is closed", "Load the model again")
-            self._large = self._make_large()
-        return self._large
+            runner = self._open[engine] = self._makers[engine]()
+        return runner
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.runner_for(batch.shape[0]).infer(batch)
@@ -61,6 +94,5 @@ class BatchSplitRunner(Runner):
         return self.runner_for(pixels.shape[0]).infer_pixels(pixels)
 
     def _release(self) -> None:
-        self.small.close()
-        if self._large is not None:
-            self._large.close()
+        for runner in self._open.values():
+            runner.close()

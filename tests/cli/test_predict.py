@@ -61,10 +61,11 @@ def test_default_int8_bundle_is_valid(default_bundle):
 
 def cpu_runner(bundle, batch: int = 1) -> tuple[str, str]:
     """(backend, file) runtime.load runs on a CPU for a call of ``batch`` images: the engine the
-    build measured faster, at that batch size where it measured a split."""
+    build measured faster, at that batch size where the faster one changed with it."""
     choice = json.loads((bundle / "manifest.json").read_text())["cpu_artifact"].get("choice") or {}
-    split = choice.get("split_at")
-    openvino = batch >= split if split else choice.get("fastest") == "openvino"
+    table = choice.get("dispatch")  # [[from_batch, engine], ...]
+    engine = [e for b, e in table if b <= batch][-1] if table else choice.get("fastest")
+    openvino = engine == "openvino"
     return ("openvino", "model_int8_openvino.onnx") if openvino else ("onnxruntime", "model_int8_cpu.onnx")
 
 

@@ -108,35 +108,36 @@ def test_the_build_records_which_cpu_engine_it_measured_faster(bundle):
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime")
     from rescompile.bench.env import cpu_flags, cpu_model
-    from rescompile.stages.build.cpu import split_at
+    from rescompile.runtime.split import dispatch
 
     doc = json.loads((bundle / "manifest.json").read_text())
     artifact = doc["cpu_artifact"]
     assert artifact["openvino"]["path"] == "model_int8_openvino.onnx" and "openvino_int8_onnx" in doc["files"]
     choice = artifact["choice"]
     p50, batches = choice["p50_ms"], [str(b) for b in choice["batches"]]
-    assert set(p50) == {"onnxruntime", "openvino"} and batches == ["1", "8", "32"]
+    assert set(p50) == {"onnxruntime", "openvino"} and batches == ["1", "4", "8", "16", "32"]
     assert all(set(p50[k]) == set(batches) and all(v > 0 for v in p50[k].values()) for k in p50)
     ratios = [p50["openvino"][b] / p50["onnxruntime"][b] for b in batches]
     m = choice["margin"]
     faster = all(r < 1 for r in ratios) or (min(ratios) < 1 - m and max(ratios) <= 1 + m)
     assert choice["fastest"] == ("openvino" if faster else "onnxruntime") and 0 < m <= 0.1
     assert choice["by_batch"] == {b: "openvino" if r < 1 else "onnxruntime" for b, r in zip(batches, ratios)}
-    assert choice["split_at"] == split_at(choice["by_batch"])
+    assert choice["dispatch"] == dispatch(choice["by_batch"])
     assert all(choice["runs"][b] >= 10 for b in batches)  # 5 rounds of at least 2 calls each
     assert choice["cpu"] == cpu_model() and choice["cpu_flags"] == cpu_flags()  # the figure says where it was measured
     accuracy = doc["calibration"]["accuracy"]["int8_openvino"]
     assert accuracy["runtime"] == "openvino" and accuracy["written"] and accuracy["images"] == 360
 
 
-def _with_choice(bundle, tmp_path, fastest, split=None):
-    copy = tmp_path / f"b-{fastest}-{split}"
+def _with_choice(bundle, tmp_path, fastest, by_batch=None):
+    copy = tmp_path / f"b-{fastest}-{len(by_batch or ())}"
     shutil.copytree(bundle, copy)
     doc = json.loads((copy / "manifest.json").read_text())
     if fastest is None:
         doc["cpu_artifact"].pop("choice", None)
     else:  # what this machine measured is replaced: the tests do not depend on it
-        doc["cpu_artifact"]["choice"] = {**doc["cpu_artifact"]["choice"], "fastest": fastest, "split_at": split}
+        by_batch = by_batch or {b: fastest for b in doc["cpu_artifact"]["choice"]["by_batch"]}
+        doc["cpu_artifact"]["choice"] = {**doc["cpu_artifact"]["choice"], "fastest": fastest, "by_batch": by_batch}
     (copy / "manifest.json").write_text(json.dumps(doc))
     return copy
 
@@ -195,7 +196,7 @@ def test_the_build_s_engine_timing_and_openvino_check_leave_the_model_cache_empt
     man = read_manifest(bundle)
     files = {role: man.file(role) for role in ("cpu_int8_onnx", "openvino_int8_onnx")}
     choice = measure_cpu_engines(files, man.spec, threads=1)
-    assert choice["fastest"] in ("openvino", "onnxruntime") and set(choice["p50_ms"]["openvino"]) == {"1", "8", "32"}
+    assert choice["fastest"] in ("openvino", "onnxruntime") and set(choice["p50_ms"]["openvino"]) == {"1", "4", "8", "16", "32"}
     images = load_dataset("digits").test
     fp32 = onnx.load(str(man.file("optimized_onnx")))
     evaluate = Evaluator(fp32, images, man.spec.preprocessing)
@@ -207,21 +208,28 @@ def test_the_build_s_engine_timing_and_openvino_check_leave_the_model_cache_empt
     assert not cache.exists() or not any(cache.iterdir())
 
 
+SPLIT = {"1": "onnxruntime", "4": "onnxruntime", "8": "onnxruntime", "16": "openvino", "32": "openvino"}
+
+
 @pytest.mark.parametrize("by_batch, expected", [
-    ({"1": "onnxruntime", "8": "openvino", "32": "openvino"}, 8),
-    ({"1": "onnxruntime", "8": "onnxruntime", "32": "openvino"}, 32),
-    ({"32": "openvino", "1": "onnxruntime", "8": "openvino"}, 8),  # the order of the keys does not matter
-    ({"1": "openvino", "8": "openvino", "32": "openvino"}, None),  # one engine everywhere: no split
-    ({"1": "onnxruntime", "8": "onnxruntime", "32": "onnxruntime"}, None),
-    ({"1": "openvino", "8": "onnxruntime", "32": "onnxruntime"}, None),  # OpenVINO small, ONNX Runtime large: not a split
-    ({"1": "onnxruntime", "8": "openvino", "32": "onnxruntime"}, None),  # no single crossing
+    (SPLIT, [[1, "onnxruntime"], [16, "openvino"]]),
+    ({"32": "openvino", "1": "onnxruntime", "8": "openvino"}, [[1, "onnxruntime"], [8, "openvino"]]),  # key order does not matter
+    ({"1": "openvino", "8": "onnxruntime", "32": "openvino"}, [[1, "openvino"], [8, "onnxruntime"], [32, "openvino"]]),
+    ({"1": "openvino", "8": "openvino", "32": "openvino"}, None),  # one engine everywhere: no table
+    ({"1": "onnxruntime", "8": "onnxruntime"}, None),
+    ({"1": "onnxruntime", "8": "tensorrt"}, None),  # not a CPU engine
     ({"one": "onnxruntime"}, None),
     ({}, None),
 ])
-def test_split_at_is_where_openvino_takes_over_for_good(by_batch, expected):
-    from rescompile.stages.build.cpu import split_at
+def test_dispatch_runs_each_engine_from_the_batch_at_which_it_became_faster(by_batch, expected):
+    from rescompile.runtime.split import dispatch, engine_for
 
-    assert split_at(by_batch) == expected
+    assert dispatch(by_batch) == expected
+    if expected:
+        measured = sorted(int(b) for b in by_batch)
+        for n in range(1, 70):  # a call of n images: the engine measured faster at the largest measured size <= n
+            nearest = max([b for b in measured if b <= n], default=measured[0])
+            assert engine_for(expected, n) == by_batch[str(nearest)]
 
 
 def test_a_measured_split_runs_each_call_on_the_engine_faster_at_its_size(bundle, digits, tmp_path, monkeypatch, home, caplog):
@@ -231,22 +239,38 @@ def test_a_measured_split_runs_each_call_on_the_engine_faster_at_its_size(bundle
     from rescompile.runtime.split import BatchSplitRunner
 
     monkeypatch.setattr(nvidia, "tensorrt_version", lambda: None)
-    copy = _with_choice(bundle, tmp_path, "onnxruntime", split=8)
+    copy = _with_choice(bundle, tmp_path, "onnxruntime", SPLIT)
     x = digits.batch(np.arange(40), bundle_spec(copy).preprocessing)
     with runtime.load(copy, backend="onnxruntime") as ort, runtime.load(copy, backend="openvino") as ov:
-        want_small, want_large = ort.infer(x[:7]), ov.infer(x[:8])
+        want_small, want_large = ort.infer(x[:15]), ov.infer(x[:16])
     with caplog.at_level("INFO", logger="rescompile.runtime"), runtime.load(copy) as r:
-        assert isinstance(r, BatchSplitRunner) and r.split_at == 8
-        assert r.runner_for(7).backend == "onnxruntime" and r.runner_for(1).source == str(copy / "model_int8_cpu.onnx")
+        assert isinstance(r, BatchSplitRunner) and r.backend == "onnxruntime below batch 16, openvino from it"
+        assert r.runner_for(15).backend == "onnxruntime" and r.runner_for(1).source == str(copy / "model_int8_cpu.onnx")
         assert r.takes_pixels and r.pixels_source == str(copy / "model_int8_cpu_pixels.onnx")  # classify: ONNX Runtime's pixel twin
-        np.testing.assert_array_equal(r.infer(x[:7]), want_small)  # ONNX Runtime on the CPU artifact
+        np.testing.assert_array_equal(r.infer(x[:15]), want_small)  # ONNX Runtime on the CPU artifact
         r.classify(digits.images(np.arange(1))[0])
         assert r.load_seconds == 0  # OpenVINO not compiled while no call has been large
-        np.testing.assert_allclose(r.infer(x[:8]), want_large, rtol=0, atol=1e-5)  # OpenVINO on its form
-        assert r.runner_for(8).backend == "openvino" and r.runner_for(32).source == str(copy / "model_int8_openvino.onnx")
+        np.testing.assert_allclose(r.infer(x[:16]), want_large, rtol=0, atol=1e-5)  # OpenVINO on its form
+        assert r.runner_for(16).backend == "openvino" and r.runner_for(32).source == str(copy / "model_int8_openvino.onnx")
         assert r.load_seconds > 0 and r.infer(x).shape == (40, 10)
-    assert r.closed and r.runner_for(1).closed and r.runner_for(8).closed
-    assert "below batch 8" in caplog.text and "the time at batch 8" in caplog.text  # the log says why, with the figures
+    assert r.closed and r.runner_for(1).closed and r.runner_for(16).closed
+    assert "below batch 16" in caplog.text and "the time at batch 16" in caplog.text  # the log says why, with the figures
+
+
+def test_a_table_that_starts_on_openvino_classifies_on_openvino(bundle, digits, tmp_path, monkeypatch, home):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    from rescompile import nvidia
+
+    monkeypatch.setattr(nvidia, "tensorrt_version", lambda: None)
+    copy = _with_choice(bundle, tmp_path, "openvino", {"1": "openvino", "4": "onnxruntime", "8": "onnxruntime", "16": "openvino", "32": "openvino"})
+    with runtime.load(copy) as r:
+        assert r.backend == "openvino from batch 1, onnxruntime from batch 4, openvino from batch 16"
+        assert [r.engine_for(n) for n in (1, 3, 4, 15, 16, 99)] == ["openvino", "openvino", "onnxruntime", "onnxruntime", "openvino", "openvino"]
+        assert not r.takes_pixels and r.runner_for(1).source == str(copy / "model_int8_openvino.onnx")
+        image = digits.images(np.arange(1))[0]
+        with runtime.load(copy, backend="openvino") as ov:
+            assert r.classify(image) == ov.classify(image)  # the same engine on the same file
 
 
 @pytest.mark.parametrize("case", ["openvino missing", "backend forced", "pixels required"])
@@ -255,18 +279,12 @@ def test_no_split_where_one_engine_is_asked_for_or_installed(bundle, tmp_path, m
     from rescompile import nvidia
 
     monkeypatch.setattr(nvidia, "tensorrt_version", lambda: None)
-    copy = _with_choice(bundle, tmp_path, "onnxruntime", split=8)
+    copy = _with_choice(bundle, tmp_path, "onnxruntime", SPLIT)
     kwargs = {"backend forced": {"backend": "onnxruntime"}, "pixels required": {"pixels": True}}.get(case, {})
     if case == "openvino missing":
         monkeypatch.setitem(sys.modules, "openvino", None)
     with runtime.load(copy, **kwargs) as r:
         assert r.backend == "onnxruntime" and r.runner_for(32) is r
-
-
-def bundle_spec(path):
-    from rescompile.bundle import read_manifest
-
-    return read_manifest(path).spec
 
 
 def test_a_closed_split_runner_compiles_nothing_more(bundle, tmp_path, monkeypatch, home):
@@ -275,8 +293,14 @@ def test_a_closed_split_runner_compiles_nothing_more(bundle, tmp_path, monkeypat
     from rescompile import nvidia
 
     monkeypatch.setattr(nvidia, "tensorrt_version", lambda: None)
-    r = runtime.load(_with_choice(bundle, tmp_path, "onnxruntime", split=8))
+    r = runtime.load(_with_choice(bundle, tmp_path, "onnxruntime", SPLIT))
     r.close()
     with pytest.raises(runtime.RunnerError, match="closed"):
-        r.runner_for(8)
+        r.runner_for(16)
     assert r.load_seconds == 0
+
+
+def bundle_spec(path):
+    from rescompile.bundle import read_manifest
+
+    return read_manifest(path).spec
