@@ -240,19 +240,25 @@ def _dispatch(manifest: Manifest) -> list[list[Any]] | None:
     return table
 
 
+def _measured(choice: dict[str, Any]) -> str:
+    """What the build measured between the CPU engines, and where when that was another CPU."""
+    from rescompile.bench.env import cpu_model
+
+    where = "" if choice.get("cpu") in (None, cpu_model()) else f" (measured on {choice['cpu']}, not this CPU)"
+    return f"{choice.get('why') or ''}{where}"
+
+
 def _split_runner(manifest: Manifest, table: list[list[Any]], providers, threads, verify_files: bool, pixels: bool | None,
                   why: str) -> Runner:
-    from rescompile.bench.env import cpu_model
     from rescompile.runtime.split import BatchSplitRunner, describe
 
     choice = manifest.cpu_artifact["choice"]
-    where = "" if choice.get("cpu") in (None, cpu_model()) else f" (measured on {choice['cpu']}, not this CPU)"
     onnx_path, pixels_path, what = _cpu_artifact(manifest, verify_files, pixels)
     if verify_files:
         verify(manifest, [OPENVINO_ROLE])
     ov_path = manifest.file(OPENVINO_ROLE)
     _chosen(describe(table), onnx_path,
-            f"{why}; the build measured the faster CPU engine change with the batch size: {choice.get('why', '')}{where}; "
+            f"{why}; the build measured the faster CPU engine change with the batch size: {_measured(choice)}; "
             f"ONNX Runtime runs {what}, OpenVINO {ov_path.name}")
     return BatchSplitRunner({
         "onnxruntime": lambda: _onnxruntime_runner(onnx_path, manifest.spec, providers, threads, pixels_path),
@@ -283,15 +289,11 @@ def _auto_cpu_backend(manifest: Manifest) -> tuple[str, str]:
         if not has_module("onnxruntime") and can_openvino:
             return "openvino", "ONNX Runtime is not installed, OpenVINO is"
         return "onnxruntime", "the CPU artifact on ONNX Runtime (the build measured no other CPU engine)"
-    from rescompile.bench.env import cpu_model
-
     fastest = choice["fastest"]
-    measured = str(choice.get("why") or "")
-    where = "" if choice.get("cpu") in (None, cpu_model()) else f" (measured on {choice['cpu']}, not this CPU)"
     if fastest == "openvino" and can_openvino:
-        return "openvino", f"the build measured OpenVINO faster: {measured}{where}"
+        return "openvino", f"the build measured OpenVINO faster: {_measured(choice)}"
     if fastest == "onnxruntime" and (has_module("onnxruntime") or not can_openvino):
-        return "onnxruntime", f"the build measured ONNX Runtime faster or a tie: {measured}{where}"
+        return "onnxruntime", f"the build measured ONNX Runtime faster or a tie: {_measured(choice)}"
     other = "onnxruntime" if fastest == "openvino" else "openvino"
     return other, f"the build measured {fastest} faster, but it is not installed here"
 
